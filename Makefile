@@ -1,0 +1,28 @@
+# silo: build, run, test, bench.
+GO      ?= go
+BIN     := silo
+VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+
+.PHONY: build run test bench clean
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/silo
+
+# Serves on 127.0.0.1:2022 with config.toml. The first run creates the demo
+# account (password "demo").
+run: build
+	@test -f users.toml || { echo demo | ./$(BIN) user add demo --password-stdin --config config.toml >/dev/null && \
+		echo "created user demo (password: demo)"; }
+	@echo "log in with: sftp -P 2022 demo@127.0.0.1   (password: demo)"
+	./$(BIN) serve --config config.toml
+
+test:
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 20m ./...
+
+bench: build
+	./scripts/bench.sh
+
+clean:
+	rm -f $(BIN)

@@ -1,0 +1,117 @@
+// Command silo is an SSH file server: SFTP, scp and checksums, each account
+// jailed in its home under a quota.
+//
+//	silo serve [--config FILE]
+//	silo user add|passwd|del|list|show ...
+//	silo version
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"strings"
+)
+
+// version is set at build time (-ldflags "-X main.version=..."); otherwise it
+// comes from the module's build information.
+var version = ""
+
+const usage = `usage:
+  silo serve [--config FILE]
+  silo user add NAME [--password-stdin] [--key KEY]... [--quota SIZE] [--max-files N] [--home DIR]
+  silo user passwd NAME --password-stdin
+  silo user del NAME
+  silo user list
+  silo user show NAME
+  silo version
+Every command takes --config FILE (default ./config.toml).
+`
+
+// errUsage marks a command-line mistake: exit status 2 and the usage text.
+var errUsage = errors.New("usage")
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+// run is the one place that turns an error into an exit status.
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	err := dispatch(args, stdin, stdout, stderr)
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		fmt.Fprint(stdout, usage)
+		return 0
+	case errors.Is(err, errUsage):
+		if msg := strings.TrimPrefix(err.Error(), errUsage.Error()); msg != "" {
+			fmt.Fprintf(stderr, "silo%s\n", msg)
+		}
+		fmt.Fprint(stderr, usage)
+		return 2
+	default:
+		fmt.Fprintf(stderr, "silo: %v\n", err)
+		return 1
+	}
+}
+
+func dispatch(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return errUsage
+	}
+	switch args[0] {
+	case "serve":
+		return serve(args[1:], stderr)
+	case "user":
+		if len(args) < 2 {
+			return errUsage
+		}
+		return userCmd(args[1], args[2:], stdin, stdout)
+	case "version":
+		fmt.Fprintf(stdout, "silo %s (%s)\n", versionString(), runtime.Version())
+		return nil
+	case "help", "-h", "--help":
+		return flag.ErrHelp
+	}
+	return fmt.Errorf("%w: unknown command %q", errUsage, args[0])
+}
+
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
+
+// parseArgs parses flags wherever they appear among the positional
+// arguments (flag.Parse alone stops at the first positional one), so that
+// "silo user add bob --config F" works. After "--" everything is positional.
+func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
+	fs.SetOutput(io.Discard)
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
+			return nil, fmt.Errorf("%w: %v", errUsage, err)
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		if used := len(args) - len(rest); used > 0 && args[used-1] == "--" {
+			return append(pos, rest...), nil
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+}

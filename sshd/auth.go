@@ -1,0 +1,174 @@
+package sshd
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+
+	gssh "github.com/gliderlabs/ssh"
+	gossh "golang.org/x/crypto/ssh"
+)
+
+// extUser is the Permissions extension that carries the account name from a
+// verified credential to the session handlers. Only the auth callbacks below
+// set it, and x/crypto hands a connection the Permissions of the one attempt
+// that succeeded, so it is the only source of identity.
+const extUser = "silo-user"
+
+type rawConnKey struct{}
+
+// acceptConn keeps the raw connection in the context, so that an auth
+// callback can end the connection rather than just fail one attempt.
+func (s *Server) acceptConn(ctx gssh.Context, c net.Conn) net.Conn {
+	ctx.SetValue(rawConnKey{}, c)
+	return c
+}
+
+// algorithms is x/crypto's secure set with SHA-1 removed: no
+// diffie-hellman-group14-sha1 or group1, no hmac-sha1, no ssh-rsa (SHA-1)
+// signatures, no DSA, no CBC.
+func algorithms() gossh.Algorithms {
+	a := gossh.SupportedAlgorithms()
+	insecure := gossh.InsecureAlgorithms()
+	drop := func(list, bad []string) []string {
+		return slices.DeleteFunc(list, func(x string) bool {
+			return slices.Contains(bad, x) || x == gossh.HMACSHA1 || x == gossh.KeyAlgoRSA
+		})
+	}
+	a.KeyExchanges = drop(a.KeyExchanges, insecure.KeyExchanges)
+	a.Ciphers = drop(a.Ciphers, insecure.Ciphers)
+	a.MACs = drop(a.MACs, insecure.MACs)
+	a.PublicKeyAuths = drop(a.PublicKeyAuths, insecure.PublicKeyAuths)
+	return a
+}
+
+// serverConfig builds the x/crypto configuration of one connection. gliderlabs
+// calls it once per connection, so the closures below hold that connection's
+// auth state.
+func (s *Server) serverConfig(ctx gssh.Context) *gossh.ServerConfig {
+	raw, _ := ctx.Value(rawConnKey{}).(net.Conn)
+	a := &connAuth{s: s, raw: raw}
+	algs := algorithms()
+	return &gossh.ServerConfig{
+		Config: gossh.Config{
+			KeyExchanges: algs.KeyExchanges,
+			Ciphers:      algs.Ciphers,
+			MACs:         algs.MACs,
+		},
+		PublicKeyAuthAlgorithms: algs.PublicKeyAuths,
+		// gliderlabs turns NoClientAuth on when it has no auth handlers of
+		// its own; the callback makes "none" fail whatever it does.
+		NoClientAuth:                true,
+		NoClientAuthCallback:        a.none,
+		PasswordCallback:            a.password,
+		PublicKeyCallback:           a.publicKey,
+		VerifiedPublicKeyCallback:   a.verifiedKey,
+		KeyboardInteractiveCallback: a.keyboardInteractive,
+		AuthLogCallback:             a.logAttempt,
+	}
+}
+
+// connAuth is the auth state of one connection: the user name it started
+// with. The callbacks are predicates; the identity they grant travels only in
+// the Permissions they return.
+type connAuth struct {
+	s    *Server
+	raw  net.Conn
+	user string
+}
+
+var (
+	errNone        = errors.New("method none is not accepted")
+	errUserChanged = errors.New("user name changed between attempts")
+)
+
+// sameUser ends the connection if the client switches user names between
+// attempts: one connection, one account.
+func (a *connAuth) sameUser(c gossh.ConnMetadata) error {
+	if a.user == "" {
+		a.user = c.User()
+		return nil
+	}
+	if c.User() != a.user {
+		if a.raw != nil {
+			a.raw.Close()
+		}
+		return fmt.Errorf("%w: %q then %q", errUserChanged, a.user, c.User())
+	}
+	return nil
+}
+
+func grant(name string) *gossh.Permissions {
+	return &gossh.Permissions{Extensions: map[string]string{extUser: name}}
+}
+
+func (a *connAuth) none(c gossh.ConnMetadata) (*gossh.Permissions, error) {
+	if err := a.sameUser(c); err != nil {
+		return nil, err
+	}
+	return nil, errNone
+}
+
+func (a *connAuth) password(c gossh.ConnMetadata, pw []byte) (*gossh.Permissions, error) {
+	if err := a.sameUser(c); err != nil {
+		return nil, err
+	}
+	u, err := a.s.cfg.Users.CheckPassword(c.User(), string(pw))
+	if err != nil {
+		return nil, err
+	}
+	return grant(u.Name), nil
+}
+
+// keyboardInteractive asks one "Password:" question and checks the answer as
+// a password.
+func (a *connAuth) keyboardInteractive(c gossh.ConnMetadata, ask gossh.KeyboardInteractiveChallenge) (*gossh.Permissions, error) {
+	if err := a.sameUser(c); err != nil {
+		return nil, err
+	}
+	answers, err := ask("", "", []string{"Password: "}, []bool{false})
+	if err != nil {
+		return nil, err
+	}
+	if len(answers) != 1 {
+		return nil, errors.New("expected one answer")
+	}
+	return a.password(c, []byte(answers[0]))
+}
+
+// publicKey approves a key for the user. x/crypto calls it for keys that are
+// only offered too; the approval grants nothing until the client has signed
+// with the key, after which verifiedKey runs.
+func (a *connAuth) publicKey(c gossh.ConnMetadata, key gossh.PublicKey) (*gossh.Permissions, error) {
+	if err := a.sameUser(c); err != nil {
+		return nil, err
+	}
+	u, err := a.s.cfg.Users.CheckKey(c.User(), key)
+	if err != nil {
+		return nil, err
+	}
+	return grant(u.Name), nil
+}
+
+func (a *connAuth) verifiedKey(c gossh.ConnMetadata, key gossh.PublicKey, p *gossh.Permissions, _ string) (*gossh.Permissions, error) {
+	if err := a.sameUser(c); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// logAttempt writes one line per login success or failure, for people and for
+// fail2ban. The method "none" is every client's first probe, not a failure
+// worth a line.
+func (a *connAuth) logAttempt(c gossh.ConnMetadata, method string, err error) {
+	attrs := []any{"remote", c.RemoteAddr().String(), "user", c.User(), "method", method}
+	switch {
+	case err == nil:
+		a.s.log.Info("login", attrs...)
+	case method == "none" && errors.Is(err, errNone):
+		a.s.log.Debug("login method none refused", attrs...)
+	default:
+		a.s.log.Warn("login failed", append(attrs, "reason", err.Error())...)
+	}
+}

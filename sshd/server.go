@@ -1,0 +1,201 @@
+// Package sshd is silo's SSH edge: it authenticates clients, routes their
+// session channels to the SFTP subsystem or to built-in exec commands, and
+// refuses everything else (shells, PTYs, forwarding, agents). Each user's
+// files are reached only through that user's vfs.FS.
+//
+// Lifecycle: New builds a Server; Serve accepts connections on a listener
+// until Shutdown (graceful) or Close (immediate).
+package sshd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+
+	gssh "github.com/gliderlabs/ssh"
+	"github.com/pkg/sftp"
+	gossh "golang.org/x/crypto/ssh"
+
+	"silo/users"
+	"silo/vfs"
+)
+
+// UserDB is what the server needs from the account store.
+type UserDB interface {
+	Lookup(name string) (users.User, bool)
+	CheckPassword(name, password string) (users.User, error)
+	CheckKey(name string, key gossh.PublicKey) (users.User, error)
+}
+
+// Config is everything a Server is built from.
+type Config struct {
+	HostSigners []gossh.Signer // at least one
+	Users       UserDB
+	Homes       string // directory of the default homes, homes/NAME
+	Logger      *slog.Logger
+}
+
+// Server is an SSH server for silo's users.
+type Server struct {
+	cfg Config
+	log *slog.Logger
+	ssh *gssh.Server
+
+	mu    sync.Mutex
+	homes map[string]*home                     // open homes by user name
+	conns map[string]map[*gossh.ServerConn]int // live sessions per connection, by user
+}
+
+type home struct {
+	dir string
+	fs  *vfs.FS
+}
+
+func init() {
+	// Hard links are refused, so they are not advertised either; clients
+	// then say "server does not support" instead of failing mysteriously.
+	if err := sftp.SetSFTPExtensions("posix-rename@openssh.com", "statvfs@openssh.com"); err != nil {
+		panic(err)
+	}
+}
+
+// New checks cfg and builds a server.
+func New(cfg Config) (*Server, error) {
+	if len(cfg.HostSigners) == 0 {
+		return nil, errors.New("sshd: no host keys")
+	}
+	if cfg.Users == nil || cfg.Homes == "" {
+		return nil, errors.New("sshd: Users and Homes are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{
+		cfg:   cfg,
+		log:   cfg.Logger,
+		homes: make(map[string]*home),
+		conns: make(map[string]map[*gossh.ServerConn]int),
+	}
+	hostSigners := make([]gssh.Signer, len(cfg.HostSigners))
+	for i, k := range cfg.HostSigners {
+		hostSigners[i] = k
+	}
+	s.ssh = &gssh.Server{
+		HostSigners:          hostSigners,
+		Version:              "silo",
+		ConnCallback:         s.acceptConn,
+		ServerConfigCallback: s.serverConfig,
+		// Only session channels exist; every other channel type (direct-tcpip,
+		// x11, forwarded-tcpip) is rejected as unknown.
+		ChannelHandlers: map[string]gssh.ChannelHandler{"session": s.handleSession},
+		// No global request is honoured: tcpip-forward and the like get
+		// a failure reply.
+		RequestHandlers:   map[string]gssh.RequestHandler{},
+		SubsystemHandlers: map[string]gssh.SubsystemHandler{},
+		ConnectionFailedCallback: func(c net.Conn, err error) {
+			s.log.Debug("connection ended before login", "remote", c.RemoteAddr().String(), "err", err)
+		},
+	}
+	return s, nil
+}
+
+// Serve accepts connections on l until Shutdown or Close. It always returns
+// a non-nil error; after Shutdown or Close it is ErrServerClosed.
+func (s *Server) Serve(l net.Listener) error {
+	err := s.ssh.Serve(l)
+	if errors.Is(err, gssh.ErrServerClosed) {
+		return ErrServerClosed
+	}
+	return err
+}
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = errors.New("sshd: server closed")
+
+// Shutdown stops accepting connections and waits for open ones to end, until
+// ctx is done; then it closes what is left.
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.ssh.Shutdown(ctx)
+	if err != nil {
+		s.ssh.Close()
+	}
+	s.closeHomes()
+	return err
+}
+
+// Close closes the listeners and every connection at once.
+func (s *Server) Close() error {
+	err := s.ssh.Close()
+	s.closeHomes()
+	return err
+}
+
+func (s *Server) closeHomes() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for name, h := range s.homes {
+		h.fs.Close()
+		delete(s.homes, name)
+	}
+}
+
+// home returns u's open home, opening (and creating) it on first use.
+func (s *Server) home(u users.User) (*vfs.FS, error) {
+	dir := u.HomeDir(s.cfg.Homes)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if h := s.homes[u.Name]; h != nil && h.dir == dir {
+		return h.fs, nil
+	}
+	fsys, err := vfs.Open(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open home of %s: %w", u.Name, err)
+	}
+	// A home that moved leaves the old one to the sessions still using it.
+	s.homes[u.Name] = &home{dir: dir, fs: fsys}
+	return fsys, nil
+}
+
+// UsersRemoved ends every connection of the named users, which no longer
+// exist.
+func (s *Server) UsersRemoved(names []string) {
+	s.mu.Lock()
+	var drop []*gossh.ServerConn
+	var homes []*home
+	for _, name := range names {
+		for c := range s.conns[name] {
+			drop = append(drop, c)
+		}
+		if h := s.homes[name]; h != nil {
+			homes = append(homes, h)
+			delete(s.homes, name)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range drop {
+		s.log.Info("closing connection of removed user", "user", c.User(), "remote", c.RemoteAddr().String())
+		c.Close()
+	}
+	for _, h := range homes {
+		h.fs.Close()
+	}
+}
+
+func (s *Server) trackSession(user string, c *gossh.ServerConn, delta int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := s.conns[user]
+	if m == nil {
+		m = make(map[*gossh.ServerConn]int)
+		s.conns[user] = m
+	}
+	if m[c] += delta; m[c] <= 0 {
+		delete(m, c)
+	}
+	if len(m) == 0 {
+		delete(s.conns, user)
+	}
+}

@@ -1,0 +1,159 @@
+package sshd
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime/debug"
+	"sync"
+
+	gssh "github.com/gliderlabs/ssh"
+	"github.com/pkg/sftp"
+	gossh "golang.org/x/crypto/ssh"
+
+	"silo/users"
+	"silo/vfs"
+)
+
+// session is one session channel (RFC 4254 section 6): it runs at most one
+// program, the sftp subsystem or an exec command, and then reports its exit
+// status and closes.
+type session struct {
+	ch   gossh.Channel
+	user users.User
+	fs   *vfs.FS
+	log  *slog.Logger
+
+	once sync.Once // guards the start of the program
+	done chan struct{}
+}
+
+// handleSession serves one session channel of an authenticated connection.
+func (s *Server) handleSession(_ *gssh.Server, conn *gossh.ServerConn, nc gossh.NewChannel, ctx gssh.Context) {
+	name := ""
+	if conn.Permissions != nil {
+		name = conn.Permissions.Extensions[extUser]
+	}
+	if name == "" {
+		nc.Reject(gossh.Prohibited, "not authenticated")
+		return
+	}
+	// Tracked before the lookup, so that a user removed meanwhile is
+	// either not found here or found by UsersRemoved.
+	s.trackSession(name, conn, +1)
+	defer s.trackSession(name, conn, -1)
+	u, ok := s.cfg.Users.Lookup(name)
+	if !ok {
+		nc.Reject(gossh.Prohibited, "account removed")
+		return
+	}
+	log := s.log.With("session", shortID(ctx.SessionID()), "user", name, "remote", conn.RemoteAddr().String())
+	fsys, err := s.home(u)
+	if err != nil {
+		log.Error("home unavailable", "err", err)
+		nc.Reject(gossh.ResourceShortage, "home directory unavailable")
+		return
+	}
+	ch, reqs, err := nc.Accept()
+	if err != nil {
+		return
+	}
+	sess := &session{ch: ch, user: u, fs: fsys, log: log, done: make(chan struct{})}
+	defer func() {
+		if p := recover(); p != nil {
+			log.Error("session panic", "panic", p, "stack", string(debug.Stack()))
+			ch.Close()
+		}
+	}()
+	sess.serve(reqs)
+}
+
+func shortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+// serve answers the channel's requests until the channel closes. Only
+// "subsystem sftp" and "exec" are accepted, once; pty-req, shell, env,
+// x11-req, auth-agent-req and the rest are refused.
+func (sess *session) serve(reqs <-chan *gossh.Request) {
+	started := false
+	for req := range reqs {
+		var payload struct{ Value string }
+		ok := false
+		switch req.Type {
+		case "subsystem", "exec":
+			if started || gossh.Unmarshal(req.Payload, &payload) != nil {
+				break
+			}
+			if req.Type == "subsystem" && payload.Value != "sftp" {
+				sess.log.Info("subsystem refused", "subsystem", payload.Value)
+				break
+			}
+			ok, started = true, true
+			req.Reply(true, nil)
+			go sess.run(req.Type, payload.Value)
+			continue
+		}
+		req.Reply(ok, nil)
+	}
+	if started {
+		<-sess.done
+	}
+}
+
+// run executes the program, then sends exit-status and closes the channel,
+// in that order: OpenSSH's clients report failure when the channel closes
+// without an exit status.
+func (sess *session) run(kind, arg string) {
+	defer close(sess.done)
+	code := 0
+	func() {
+		defer func() {
+			if p := recover(); p != nil {
+				sess.log.Error("session panic", "panic", p, "stack", string(debug.Stack()))
+				code = 255
+			}
+		}()
+		if kind == "subsystem" {
+			code = sess.sftp()
+		} else {
+			code = sess.exec(arg)
+		}
+	}()
+	sess.ch.SendRequest("exit-status", false, gossh.Marshal(struct{ Status uint32 }{uint32(code)}))
+	sess.ch.Close()
+}
+
+func (sess *session) sftp() int {
+	h := &sftpHandler{fs: sess.fs, user: sess.user.Name, log: sess.log}
+	rs := sftp.NewRequestServer(sess.ch, sftp.Handlers{FileGet: h, FilePut: h, FileCmd: h, FileList: h},
+		sftp.WithRSAllocator())
+	sess.log.Debug("sftp session started")
+	err := rs.Serve()
+	if err != nil && err != io.EOF {
+		sess.log.Info("sftp session ended", "err", err)
+		return 1
+	}
+	sess.log.Debug("sftp session ended")
+	return 0
+}
+
+// exec runs a built-in command. Nothing is ever handed to a shell or to
+// another program.
+func (sess *session) exec(cmdline string) int {
+	args, err := splitWords(cmdline)
+	if err != nil {
+		fmt.Fprintf(sess.ch.Stderr(), "silo: %v\n", err)
+		return 2
+	}
+	if len(args) == 0 {
+		fmt.Fprintln(sess.ch.Stderr(), "silo: no command given")
+		return 127
+	}
+	sess.log.Info("command not supported", "command", args[0])
+	fmt.Fprintf(sess.ch.Stderr(), "silo: command not supported: %s\n", args[0])
+	return 127
+}

@@ -1,0 +1,328 @@
+package sshd
+
+// The pkg/sftp adapter: it turns SFTP requests (draft-ietf-secsh-filexfer-02)
+// into vfs calls, and vfs errors into SFTP status codes with a short message
+// that names only virtual paths.
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/pkg/sftp"
+
+	"silo/vfs"
+)
+
+type sftpHandler struct {
+	fs   *vfs.FS
+	user string
+	log  *slog.Logger
+}
+
+// Fileread opens a file for reading.
+func (h *sftpHandler) Fileread(r *sftp.Request) (io.ReaderAt, error) {
+	f, err := h.fs.OpenFile(r.Filepath, os.O_RDONLY)
+	if err != nil {
+		return nil, h.status(err)
+	}
+	return &sftpFile{f, h}, nil
+}
+
+// Filewrite opens a file for writing without reading.
+func (h *sftpHandler) Filewrite(r *sftp.Request) (io.WriterAt, error) {
+	return h.open(r)
+}
+
+// OpenFile opens a file for reading and writing. Without it pkg/sftp would
+// serve a READ|WRITE open through Filewrite and answer reads with zeros.
+func (h *sftpHandler) OpenFile(r *sftp.Request) (sftp.WriterAtReaderAt, error) {
+	return h.open(r)
+}
+
+// open maps SFTP open flags to vfs ones. SSH_FXF_APPEND is not O_APPEND:
+// clients send the offsets they want (pwrite ignores them under O_APPEND),
+// and an existing file opened without TRUNC is simply resumed.
+func (h *sftpHandler) open(r *sftp.Request) (*sftpFile, error) {
+	pf := r.Pflags()
+	flag := os.O_WRONLY
+	if pf.Read {
+		flag = os.O_RDWR
+	}
+	if pf.Creat {
+		flag |= os.O_CREATE
+	}
+	if pf.Trunc {
+		flag |= os.O_TRUNC
+	}
+	if pf.Excl {
+		flag |= os.O_EXCL
+	}
+	f, err := h.fs.OpenFile(r.Filepath, flag)
+	if err != nil {
+		return nil, h.status(err)
+	}
+	return &sftpFile{f, h}, nil
+}
+
+// sftpFile translates the errors of a vfs.File for the client.
+type sftpFile struct {
+	f *vfs.File
+	h *sftpHandler
+}
+
+func (f *sftpFile) ReadAt(p []byte, off int64) (int, error) {
+	n, err := f.f.ReadAt(p, off)
+	if err != nil && err != io.EOF {
+		err = f.h.status(err)
+	}
+	return n, err
+}
+
+func (f *sftpFile) WriteAt(p []byte, off int64) (int, error) {
+	n, err := f.f.WriteAt(p, off)
+	return n, f.h.status(err)
+}
+
+func (f *sftpFile) Close() error { return f.h.status(f.f.Close()) }
+
+// Filecmd runs the requests that change the tree.
+func (h *sftpHandler) Filecmd(r *sftp.Request) error {
+	var err error
+	switch r.Method {
+	case "Setstat":
+		err = h.setstat(r)
+	case "Rename":
+		err = h.fs.Rename(r.Filepath, r.Target)
+	case "Rmdir":
+		err = h.fs.Rmdir(r.Filepath)
+	case "Mkdir":
+		err = h.fs.Mkdir(r.Filepath)
+	case "Remove":
+		err = h.fs.Remove(r.Filepath)
+	case "Symlink":
+		// pkg/sftp follows OpenSSH's order: Filepath is the link's
+		// target (raw, as the client sent it) and Target the new link.
+		err = h.fs.Symlink(r.Filepath, r.Target)
+	case "Link":
+		err = &fs.PathError{Op: "link", Path: vfs.Clean(r.Target), Err: vfs.ErrUnsupported}
+	default:
+		return sftp.ErrSSHFxOpUnsupported
+	}
+	return h.status(err)
+}
+
+// PosixRename replaces the target atomically if it exists.
+func (h *sftpHandler) PosixRename(r *sftp.Request) error {
+	return h.status(h.fs.PosixRename(r.Filepath, r.Target))
+}
+
+// setstat applies size (truncate or extend), permissions (masked to 0777) and
+// times, in that order. Changing ownership is refused.
+func (h *sftpHandler) setstat(r *sftp.Request) error {
+	a := r.Attributes()
+	if a == nil {
+		return &statusError{sftp.ErrSSHFxBadMessage, "malformed attributes"}
+	}
+	flags := r.AttrFlags()
+	if flags.UidGid {
+		fi, err := h.fs.Lstat(r.Filepath)
+		if err != nil {
+			return err
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok || st.Uid != a.UID || st.Gid != a.GID {
+			return &fs.PathError{Op: "chown", Path: vfs.Clean(r.Filepath), Err: vfs.ErrUnsupported}
+		}
+	}
+	if flags.Size {
+		if a.Size > 1<<62 {
+			return &fs.PathError{Op: "truncate", Path: vfs.Clean(r.Filepath), Err: syscall.EFBIG}
+		}
+		if err := h.fs.Truncate(r.Filepath, int64(a.Size)); err != nil {
+			return err
+		}
+	}
+	if flags.Permissions {
+		if err := h.fs.Chmod(r.Filepath, fs.FileMode(a.Mode)); err != nil {
+			return err
+		}
+	}
+	if flags.Acmodtime {
+		if err := h.fs.Chtimes(r.Filepath, time.Unix(int64(a.Atime), 0), time.Unix(int64(a.Mtime), 0)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// StatVFS answers statvfs@openssh.com (sftp's df) with the home's
+// filesystem.
+func (h *sftpHandler) StatVFS(r *sftp.Request) (*sftp.StatVFS, error) {
+	st, err := h.fs.StatFS()
+	if err != nil {
+		return nil, h.status(err)
+	}
+	return &sftp.StatVFS{
+		Bsize: uint64(st.Bsize), Frsize: uint64(st.Frsize),
+		Blocks: st.Blocks, Bfree: st.Bfree, Bavail: st.Bavail,
+		Files: st.Files, Ffree: st.Ffree, Favail: st.Ffree,
+		Fsid:    uint64(uint32(st.Fsid.Val[0]))<<32 | uint64(uint32(st.Fsid.Val[1])),
+		Flag:    uint64(st.Flags),
+		Namemax: uint64(st.Namelen),
+	}, nil
+}
+
+// Filelist serves opendir/readdir ("List") and stat ("Stat").
+func (h *sftpHandler) Filelist(r *sftp.Request) (sftp.ListerAt, error) {
+	switch r.Method {
+	case "List":
+		d, err := h.fs.ReadDir(r.Filepath)
+		if err != nil {
+			return nil, h.status(err)
+		}
+		return &dirLister{d: d, h: h}, nil
+	case "Stat":
+		fi, err := h.fs.Stat(r.Filepath)
+		if err != nil {
+			return nil, h.status(err)
+		}
+		return oneInfo{fi}, nil
+	}
+	return nil, sftp.ErrSSHFxOpUnsupported
+}
+
+// Lstat describes a symbolic link itself.
+func (h *sftpHandler) Lstat(r *sftp.Request) (sftp.ListerAt, error) {
+	fi, err := h.fs.Lstat(r.Filepath)
+	if err != nil {
+		return nil, h.status(err)
+	}
+	return oneInfo{fi}, nil
+}
+
+// RealPath canonicalises a path without touching the disk: the home is "/",
+// and ".." never climbs above it.
+func (h *sftpHandler) RealPath(p string) (string, error) {
+	return vfs.Clean(p), nil
+}
+
+// Readlink returns a link's target if it stays inside the home.
+func (h *sftpHandler) Readlink(p string) (string, error) {
+	t, err := h.fs.Readlink(p)
+	return t, h.status(err)
+}
+
+// LookupUserName shows the account's own name as every file's owner in long
+// listings: host user names mean nothing to the client.
+func (h *sftpHandler) LookupUserName(string) string { return h.user }
+
+// LookupGroupName likewise.
+func (h *sftpHandler) LookupGroupName(string) string { return h.user }
+
+type oneInfo struct{ fi fs.FileInfo }
+
+func (o oneInfo) ListAt(buf []os.FileInfo, off int64) (int, error) {
+	if off > 0 || len(buf) == 0 {
+		return 0, io.EOF
+	}
+	buf[0] = o.fi
+	return 1, io.EOF
+}
+
+// dirLister streams a directory: pkg/sftp asks for consecutive batches.
+type dirLister struct {
+	d    *vfs.Dir
+	h    *sftpHandler
+	next int64
+}
+
+func (l *dirLister) ListAt(buf []os.FileInfo, off int64) (int, error) {
+	if off != l.next {
+		return 0, &statusError{sftp.ErrSSHFxFailure, "directory listing read out of order"}
+	}
+	fis, err := l.d.Next(len(buf))
+	n := copy(buf, fis)
+	l.next += int64(n)
+	if err != nil && err != io.EOF {
+		err = l.h.status(err)
+	}
+	return n, err
+}
+
+func (l *dirLister) Close() error { return l.d.Close() }
+
+// statusError is an SFTP status code with the message the client sees.
+// pkg/sftp finds the code with errors.As.
+type statusError struct {
+	code error // one of sftp.ErrSSHFx*
+	msg  string
+}
+
+func (e *statusError) Error() string { return e.msg }
+func (e *statusError) Unwrap() error { return e.code }
+
+// status translates a vfs error into an SFTP status with a message a person
+// can act on. Paths in it are virtual; anything unexpected is logged here
+// and reaches the client as a plain failure.
+func (h *sftpHandler) status(err error) error {
+	if err == nil || err == io.EOF {
+		return err
+	}
+	var se *statusError
+	if errors.As(err, &se) {
+		return err
+	}
+	p := "/"
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		p = pe.Path
+	}
+	var code error = sftp.ErrSSHFxFailure
+	var what string
+	switch {
+	case errors.Is(err, vfs.ErrEscape):
+		code, what = sftp.ErrSSHFxPermissionDenied, "permission denied: %s leads outside your home"
+	case errors.Is(err, fs.ErrNotExist):
+		code, what = sftp.ErrSSHFxNoSuchFile, "no such file or directory: %s"
+	case errors.Is(err, fs.ErrExist):
+		what = "already exists: %s"
+	case errors.Is(err, fs.ErrPermission):
+		code, what = sftp.ErrSSHFxPermissionDenied, "permission denied: %s"
+	case errors.Is(err, vfs.ErrNotEmpty):
+		what = "directory not empty: %s"
+	case errors.Is(err, vfs.ErrIsDir):
+		what = "is a directory: %s"
+	case errors.Is(err, vfs.ErrNotDir):
+		code, what = sftp.ErrSSHFxNoSuchFile, "not a directory: %s"
+	case errors.Is(err, vfs.ErrNotRegular):
+		what = "not a regular file: %s"
+	case errors.Is(err, vfs.ErrUnsupported):
+		code, what = sftp.ErrSSHFxOpUnsupported, "operation not supported: %s"
+	case errors.Is(err, syscall.EBUSY):
+		what = "cannot change the home directory itself: %s"
+	case errors.Is(err, syscall.ENAMETOOLONG):
+		what = "name too long: %s"
+	case errors.Is(err, syscall.ELOOP):
+		what = "too many levels of symbolic links: %s"
+	case errors.Is(err, syscall.EINVAL):
+		code, what = sftp.ErrSSHFxBadMessage, "invalid argument: %s"
+	case errors.Is(err, syscall.EFBIG):
+		what = "file too large: %s"
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		what = "no space left on the server"
+	default:
+		h.log.Error("sftp operation failed", "err", err)
+		what = "failure: %s"
+	}
+	if strings.Contains(what, "%s") {
+		what = fmt.Sprintf(what, p)
+	}
+	return &statusError{code, what}
+}

@@ -1,0 +1,201 @@
+// Package users holds silo's accounts: names, password hashes, authorized
+// keys and quotas, stored in a TOML users file. The file is edited only
+// through Update (a locked read-modify-write, replaced atomically), and read
+// by a running server through a Store.
+package users
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/sys/unix"
+	"silo/internal/atomicfile"
+)
+
+// User is one account as stored in the users file.
+type User struct {
+	Name string `toml:"name"`
+	// Password is a hash (see VerifyPassword), never a clear-text password.
+	Password string   `toml:"password,omitempty"`
+	Keys     []string `toml:"keys,omitempty"` // authorized_keys lines
+	Quota    Size     `toml:"quota,omitempty"`
+	MaxFiles int64    `toml:"max_files,omitempty"`
+	// Home is absolute, or relative to the server's homes directory; empty
+	// means homes/NAME.
+	Home string `toml:"home,omitempty"`
+}
+
+// File is the whole users file: one [[user]] table per account.
+type File struct {
+	Users []User `toml:"user"`
+}
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$`)
+
+// ValidName reports whether name may be an account name: 1 to 64 letters,
+// digits, '.', '_' or '-', not starting with '.' or '-'. Only such names are
+// ever used as a path component.
+func ValidName(name string) error {
+	if !nameRE.MatchString(name) {
+		return fmt.Errorf("invalid user name %q: use 1-64 letters, digits, '.', '_' or '-', not starting with '.' or '-'", name)
+	}
+	return nil
+}
+
+// ParseKey parses one authorized_keys line. Key options (from=, command=,
+// ...) are refused: silo does not enforce them, and silently ignoring a from=
+// restriction would grant more than the operator wrote.
+func ParseKey(line string) (ssh.PublicKey, error) {
+	key, _, opts, rest, err := ssh.ParseAuthorizedKey([]byte(line))
+	if err != nil {
+		return nil, fmt.Errorf("not an authorized_keys line: %w", err)
+	}
+	if len(opts) > 0 {
+		return nil, fmt.Errorf("key options are not supported: %s", strings.Join(opts, ","))
+	}
+	if len(bytes.TrimSpace(rest)) > 0 {
+		return nil, errors.New("one key per line")
+	}
+	return key, nil
+}
+
+// Validate checks a user record: its name, its hash format and cost, its
+// keys and its limits.
+func (u *User) Validate() error {
+	if err := ValidName(u.Name); err != nil {
+		return err
+	}
+	if u.Password != "" {
+		if _, err := parseHash(u.Password); err != nil {
+			return fmt.Errorf("user %s: password: %w", u.Name, err)
+		}
+	}
+	for i, k := range u.Keys {
+		if _, err := ParseKey(k); err != nil {
+			return fmt.Errorf("user %s: key %d: %w", u.Name, i+1, err)
+		}
+	}
+	if u.Quota < 0 {
+		return fmt.Errorf("user %s: quota must not be negative", u.Name)
+	}
+	if u.MaxFiles < 0 {
+		return fmt.Errorf("user %s: max_files must not be negative", u.Name)
+	}
+	if strings.ContainsRune(u.Home, 0) {
+		return fmt.Errorf("user %s: home contains a NUL byte", u.Name)
+	}
+	return nil
+}
+
+// HomeDir returns where u's home is on the host, given the server's homes
+// directory.
+func (u *User) HomeDir(homes string) string {
+	switch {
+	case u.Home == "":
+		return filepath.Join(homes, u.Name) // Validate checked the name
+	case filepath.IsAbs(u.Home):
+		return filepath.Clean(u.Home)
+	}
+	return filepath.Join(homes, u.Home)
+}
+
+// Find returns the index of the named user, or -1.
+func (f *File) Find(name string) int {
+	for i := range f.Users {
+		if f.Users[i].Name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// Validate checks every user and that names are unique.
+func (f *File) Validate() error {
+	seen := make(map[string]bool, len(f.Users))
+	for i := range f.Users {
+		u := &f.Users[i]
+		if err := u.Validate(); err != nil {
+			return err
+		}
+		if seen[u.Name] {
+			return fmt.Errorf("user %s appears twice", u.Name)
+		}
+		seen[u.Name] = true
+	}
+	return nil
+}
+
+// Parse decodes and validates a users file. Unknown keys are errors, so that
+// a typo never silently drops a quota.
+func Parse(data []byte) (*File, error) {
+	var f File
+	md, err := toml.Decode(string(data), &f)
+	if err != nil {
+		return nil, err
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		return nil, fmt.Errorf("unknown key %q", und[0].String())
+	}
+	if err := f.Validate(); err != nil {
+		return nil, err
+	}
+	return &f, nil
+}
+
+// Load reads and parses the users file at path. A missing file is an empty
+// one.
+func Load(path string) (*File, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return &File{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	f, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return f, nil
+}
+
+// Update applies fn to the users file at path under an exclusive lock
+// (path + ".lock"), validates the result and replaces the file atomically.
+// The file and its directory are created if missing. If fn returns an error
+// the file is left as it was.
+func Update(path string, fn func(*File) error) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	lock, err := os.OpenFile(path+".lock", os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+		return fmt.Errorf("lock %s: %w", path, err)
+	}
+	f, err := Load(path)
+	if err != nil {
+		return err
+	}
+	if err := fn(f); err != nil {
+		return err
+	}
+	if err := f.Validate(); err != nil {
+		return err
+	}
+	var buf bytes.Buffer
+	buf.WriteString("# silo users file; edit with `silo user ...`. Passwords are hashes.\n")
+	if err := toml.NewEncoder(&buf).Encode(f); err != nil {
+		return err
+	}
+	return atomicfile.Write(path, buf.Bytes(), 0o600)
+}
