@@ -1,0 +1,339 @@
+package sshd_test
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pkg/sftp"
+	"golang.org/x/crypto/ssh"
+
+	"silo/hostkeys"
+	"silo/sshd"
+	"silo/users"
+)
+
+// shared is created once per test binary: host keys (RSA generation is slow)
+// and client key pairs.
+var shared struct {
+	dir      string
+	hostKeys []ssh.Signer
+	keys     map[string]clientKey // by name: "alice", "bob", "other"
+}
+
+type clientKey struct {
+	signer  ssh.Signer
+	file    string // OpenSSH private key, 0600
+	pubLine string // authorized_keys line
+}
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "silo-sshd-test-")
+	if err != nil {
+		panic(err)
+	}
+	shared.dir = dir
+	if shared.hostKeys, err = hostkeys.LoadOrCreate(filepath.Join(dir, "hostkeys")); err != nil {
+		panic(err)
+	}
+	shared.keys = map[string]clientKey{}
+	for _, name := range []string{"alice", "bob", "other"} {
+		_, priv, _ := ed25519.GenerateKey(rand.Reader)
+		block, err := ssh.MarshalPrivateKey(priv, name)
+		if err != nil {
+			panic(err)
+		}
+		file := filepath.Join(dir, "id_"+name)
+		if err := os.WriteFile(file, pem.EncodeToMemory(block), 0o600); err != nil {
+			panic(err)
+		}
+		s, _ := ssh.NewSignerFromKey(priv)
+		line := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(s.PublicKey()))) + " " + name + "@test"
+		if err := os.WriteFile(file+".pub", []byte(line+"\n"), 0o644); err != nil {
+			panic(err)
+		}
+		shared.keys[name] = clientKey{signer: s, file: file, pubLine: line}
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// needClient skips a test when an external client is missing, unless
+// SILO_REQUIRE_CLIENTS is set (as CI does), where it fails instead.
+func needClient(t testing.TB, names ...string) {
+	t.Helper()
+	for _, name := range names {
+		if _, err := exec.LookPath(name); err != nil {
+			if os.Getenv("SILO_REQUIRE_CLIENTS") != "" {
+				t.Fatalf("%s is required (SILO_REQUIRE_CLIENTS is set) but not installed", name)
+			}
+			t.Skipf("%s not installed", name)
+		}
+	}
+}
+
+// needPython skips (or, under SILO_REQUIRE_CLIENTS, fails) unless Debian's
+// python3 can import the module.
+func needPython(t testing.TB, module string) {
+	t.Helper()
+	if exec.Command("/usr/bin/python3", "-c", "import "+module).Run() != nil {
+		if os.Getenv("SILO_REQUIRE_CLIENTS") != "" {
+			t.Fatalf("/usr/bin/python3 with %s is required (SILO_REQUIRE_CLIENTS is set)", module)
+		}
+		t.Skipf("/usr/bin/python3 cannot import %s", module)
+	}
+}
+
+// testServer is a real silo server on 127.0.0.1:0 with its own homes and
+// users file.
+type testServer struct {
+	t          *testing.T
+	dir        string
+	homes      string
+	usersFile  string
+	store      *users.Store
+	srv        *sshd.Server
+	addr       string
+	port       string
+	knownHosts string
+	logs       *syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func startServer(t *testing.T) *testServer {
+	t.Helper()
+	dir := t.TempDir()
+	ts := &testServer{t: t, dir: dir, homes: filepath.Join(dir, "homes"), usersFile: filepath.Join(dir, "users.toml"), logs: &syncBuffer{}}
+	log := slog.New(slog.NewTextHandler(ts.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	var err error
+	if ts.store, err = users.OpenStore(ts.usersFile, log); err != nil {
+		t.Fatal(err)
+	}
+	ts.srv, err = sshd.New(sshd.Config{HostSigners: shared.hostKeys, Users: ts.store, Homes: ts.homes, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts.addr = ln.Addr().String()
+	_, ts.port, _ = net.SplitHostPort(ts.addr)
+	go ts.srv.Serve(ln)
+	t.Cleanup(func() {
+		ts.srv.Close()
+		if t.Failed() {
+			t.Logf("server log:\n%s", ts.logs.String())
+		}
+	})
+	var kh strings.Builder
+	for _, k := range shared.hostKeys {
+		fmt.Fprintf(&kh, "[127.0.0.1]:%s %s", ts.port, ssh.MarshalAuthorizedKey(k.PublicKey()))
+	}
+	ts.knownHosts = filepath.Join(dir, "known_hosts")
+	if err := os.WriteFile(ts.knownHosts, []byte(kh.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return ts
+}
+
+// addUser adds an account with a password (if not empty) and the named
+// shared client keys, and reloads the store.
+func (ts *testServer) addUser(name, password string, keys ...string) {
+	ts.t.Helper()
+	u := users.User{Name: name}
+	if password != "" {
+		h, err := users.HashPassword(password)
+		if err != nil {
+			ts.t.Fatal(err)
+		}
+		u.Password = h
+	}
+	for _, k := range keys {
+		u.Keys = append(u.Keys, shared.keys[k].pubLine)
+	}
+	ts.update(func(f *users.File) { f.Users = append(f.Users, u) })
+}
+
+func (ts *testServer) update(fn func(*users.File)) {
+	ts.t.Helper()
+	if err := users.Update(ts.usersFile, func(f *users.File) error { fn(f); return nil }); err != nil {
+		ts.t.Fatal(err)
+	}
+	removed, err := ts.store.Reload()
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	ts.srv.UsersRemoved(removed)
+}
+
+// home returns the host path of a user's default home, creating it.
+func (ts *testServer) home(name string) string {
+	h := filepath.Join(ts.homes, name)
+	if err := os.MkdirAll(h, 0o700); err != nil {
+		ts.t.Fatal(err)
+	}
+	return h
+}
+
+// auth says how an OpenSSH client logs in.
+type auth struct {
+	key      string // shared key name
+	password string
+	kbd      bool // keyboard-interactive instead of password
+}
+
+// sshArgs are the OpenSSH options common to ssh, sftp and scp: no user
+// config, no agent, our known_hosts with strict checking, and the login
+// method of a.
+func (ts *testServer) sshArgs(a auth) ([]string, []string) {
+	args := []string{"-F", "/dev/null",
+		"-o", "UserKnownHostsFile=" + ts.knownHosts, "-o", "GlobalKnownHostsFile=/dev/null",
+		"-o", "StrictHostKeyChecking=yes", "-o", "IdentityAgent=none",
+		"-o", "ConnectTimeout=10"}
+	env := os.Environ()
+	switch {
+	case a.key != "":
+		args = append(args, "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+			"-o", "PreferredAuthentications=publickey", "-i", shared.keys[a.key].file)
+	default:
+		method := "password"
+		if a.kbd {
+			method = "keyboard-interactive"
+		}
+		askpass := filepath.Join(ts.dir, "askpass")
+		os.WriteFile(askpass, []byte("#!/bin/sh\nprintf '%s\\n' \"$SILO_TEST_PASSWORD\"\n"), 0o755)
+		args = append(args, "-o", "BatchMode=no", "-o", "PreferredAuthentications="+method,
+			"-o", "NumberOfPasswordPrompts=1", "-o", "PubkeyAuthentication=no")
+		env = append(env, "SSH_ASKPASS="+askpass, "SSH_ASKPASS_REQUIRE=force", "SILO_TEST_PASSWORD="+a.password, "DISPLAY=")
+	}
+	return args, env
+}
+
+// sftpBatch runs OpenSSH's sftp with a batch of commands (-b: the first
+// failing command stops the batch and makes sftp exit non-zero, unless the
+// command starts with "-").
+func (ts *testServer) sftpBatch(user string, a auth, batch string) (string, error) {
+	ts.t.Helper()
+	needClient(ts.t, "sftp")
+	args, env := ts.sshArgs(a)
+	// BatchMode=no must come before -b, which adds BatchMode=yes and the
+	// first value of an option wins.
+	args = append(args, "-P", ts.port, "-b", "-", user+"@127.0.0.1")
+	cmd := exec.Command("sftp", args...)
+	cmd.Env = env
+	cmd.Stdin = strings.NewReader(batch)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// ssh runs OpenSSH's ssh with a remote command; it returns stdout, stderr
+// and the exit status.
+func (ts *testServer) ssh(user string, a auth, stdin string, remote ...string) (string, string, int) {
+	ts.t.Helper()
+	needClient(ts.t, "ssh")
+	args, env := ts.sshArgs(a)
+	args = append(args, "-p", ts.port, user+"@127.0.0.1")
+	args = append(args, remote...)
+	cmd := exec.Command("ssh", args...)
+	cmd.Env = env
+	cmd.Stdin = strings.NewReader(stdin)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		ts.t.Fatalf("ssh: %v", err)
+	}
+	return stdout.String(), stderr.String(), code
+}
+
+// clientConfig is an x/crypto client config that checks the host key.
+func (ts *testServer) clientConfig(user string, methods ...ssh.AuthMethod) *ssh.ClientConfig {
+	var pubs []ssh.PublicKey
+	for _, k := range shared.hostKeys {
+		pubs = append(pubs, k.PublicKey())
+	}
+	return &ssh.ClientConfig{
+		User: user,
+		Auth: methods,
+		HostKeyCallback: func(_ string, _ net.Addr, key ssh.PublicKey) error {
+			for _, p := range pubs {
+				if bytes.Equal(p.Marshal(), key.Marshal()) {
+					return nil
+				}
+			}
+			return errors.New("unknown host key")
+		},
+		Timeout: 10 * time.Second,
+	}
+}
+
+func (ts *testServer) dial(user string, methods ...ssh.AuthMethod) (*ssh.Client, error) {
+	return ssh.Dial("tcp", ts.addr, ts.clientConfig(user, methods...))
+}
+
+// sftpClient logs in with the user's shared key and opens a pkg/sftp client.
+func (ts *testServer) sftpClient(user, key string) *sftp.Client {
+	ts.t.Helper()
+	c, err := ts.dial(user, ssh.PublicKeys(shared.keys[key].signer))
+	if err != nil {
+		ts.t.Fatalf("login %s: %v", user, err)
+	}
+	sc, err := sftp.NewClient(c)
+	if err != nil {
+		c.Close()
+		ts.t.Fatalf("sftp %s: %v", user, err)
+	}
+	ts.t.Cleanup(func() { sc.Close(); c.Close() })
+	return sc
+}
+
+// writeFile writes a file into a home directly on disk.
+func writeFile(t testing.TB, path string, data []byte) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	return b
+}
