@@ -1,0 +1,174 @@
+package sshd_test
+
+import (
+	"encoding/binary"
+	"io"
+	"testing"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// rawSFTP speaks SFTP v3 (draft-ietf-secsh-filexfer-02) packet by packet, so
+// that tests see the server's exact status codes and messages, and can send
+// what no well-behaved client would.
+type rawSFTP struct {
+	t    testing.TB
+	sess *ssh.Session
+	w    io.WriteCloser
+	r    io.Reader
+	id   uint32
+}
+
+// SFTP packet types.
+const (
+	fxpInit     = 1
+	fxpVersion  = 2
+	fxpOpen     = 3
+	fxpClose    = 4
+	fxpRead     = 5
+	fxpWrite    = 6
+	fxpLstat    = 7
+	fxpFstat    = 8
+	fxpSetstat  = 9
+	fxpOpendir  = 11
+	fxpReaddir  = 12
+	fxpRemove   = 13
+	fxpMkdir    = 14
+	fxpRmdir    = 15
+	fxpRealpath = 16
+	fxpStat     = 17
+	fxpRename   = 18
+	fxpReadlink = 19
+	fxpSymlink  = 20
+	fxpStatus   = 101
+	fxpHandle   = 102
+	fxpData     = 103
+	fxpName     = 104
+	fxpAttrs    = 105
+	fxpExtended = 200
+)
+
+// Open flags and attribute flags.
+const (
+	fxfRead   = 1
+	fxfWrite  = 2
+	fxfAppend = 4
+	fxfCreat  = 8
+	fxfTrunc  = 16
+	fxfExcl   = 32
+
+	attrSize  = 1
+	attrPerm  = 4
+	attrTimes = 8
+)
+
+func (ts *testServer) rawSFTP(user, key string) *rawSFTP {
+	ts.t.Helper()
+	c, err := ts.dial(user, ssh.PublicKeys(shared.keys[key].signer))
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	ts.t.Cleanup(func() { c.Close() })
+	sess, err := c.NewSession()
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	w, _ := sess.StdinPipe()
+	r, _ := sess.StdoutPipe()
+	if err := sess.RequestSubsystem("sftp"); err != nil {
+		ts.t.Fatal(err)
+	}
+	s := &rawSFTP{t: ts.t, sess: sess, w: w, r: r}
+	s.writePacket(fxpInit, u32(3))
+	if typ, _ := s.readPacket(); typ != fxpVersion {
+		ts.t.Fatalf("got packet %d, want SSH_FXP_VERSION", typ)
+	}
+	return s
+}
+
+func u32(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
+func u64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
+func str(s string) []byte { return append(u32(uint32(len(s))), s...) }
+
+func (s *rawSFTP) writePacket(typ byte, parts ...[]byte) error {
+	var body []byte
+	body = append(body, typ)
+	for _, p := range parts {
+		body = append(body, p...)
+	}
+	_, err := s.w.Write(append(u32(uint32(len(body))), body...))
+	return err
+}
+
+func (s *rawSFTP) readPacket() (byte, []byte) {
+	s.t.Helper()
+	var hdr [4]byte
+	if _, err := io.ReadFull(s.r, hdr[:]); err != nil {
+		s.t.Fatalf("read SFTP packet: %v", err)
+	}
+	body := make([]byte, binary.BigEndian.Uint32(hdr[:]))
+	if _, err := io.ReadFull(s.r, body); err != nil {
+		s.t.Fatalf("read SFTP packet: %v", err)
+	}
+	return body[0], body[1:]
+}
+
+// reply is one response: its type and, for a status, code and message; for a
+// handle, name or data, the first string.
+type reply struct {
+	typ  byte
+	code uint32
+	msg  string
+	str  string
+}
+
+func (r reply) ok() bool { return r.typ != fxpStatus || r.code == 0 }
+
+// call sends a request with a fresh id and returns the answer to it.
+func (s *rawSFTP) call(typ byte, parts ...[]byte) reply {
+	s.t.Helper()
+	s.id++
+	if err := s.writePacket(typ, append([][]byte{u32(s.id)}, parts...)...); err != nil {
+		s.t.Fatalf("write SFTP packet: %v", err)
+	}
+	rt, body := s.readPacket()
+	if len(body) < 4 || binary.BigEndian.Uint32(body) != s.id {
+		s.t.Fatalf("reply to request %d has another id", s.id)
+	}
+	body = body[4:]
+	r := reply{typ: rt}
+	readStr := func(b []byte) (string, []byte) {
+		if len(b) < 4 {
+			return "", nil
+		}
+		n := binary.BigEndian.Uint32(b)
+		if uint32(len(b)-4) < n {
+			return "", nil
+		}
+		return string(b[4 : 4+n]), b[4+n:]
+	}
+	switch rt {
+	case fxpStatus:
+		r.code = binary.BigEndian.Uint32(body)
+		r.msg, _ = readStr(body[4:])
+	case fxpHandle, fxpData:
+		r.str, _ = readStr(body)
+	case fxpName:
+		r.str, _ = readStr(body[4:]) // first name of the count
+	}
+	return r
+}
+
+func (s *rawSFTP) open(path string, pflags uint32) reply {
+	return s.call(fxpOpen, str(path), u32(pflags), u32(0))
+}
+
+func (s *rawSFTP) close(handle string) reply { return s.call(fxpClose, str(handle)) }
+
+func (s *rawSFTP) write(handle string, off uint64, data string) reply {
+	return s.call(fxpWrite, str(handle), u64(off), str(data))
+}
+
+func (s *rawSFTP) extended(name string, parts ...[]byte) reply {
+	return s.call(fxpExtended, append([][]byte{str(name)}, parts...)...)
+}
