@@ -252,8 +252,12 @@ func (ts *testServer) sftpBatch(user string, a auth, batch string) (string, erro
 	cmd := exec.Command("sftp", args...)
 	cmd.Env = env
 	cmd.Stdin = strings.NewReader(batch)
-	out, err := cmd.CombinedOutput()
-	return string(out), err
+	// Separate pipes: ssh, sftp's child, makes its stderr non-blocking,
+	// and sftp's own output would be lost to EAGAIN on a shared pipe.
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	return stdout.String() + stderr.String(), err
 }
 
 // ssh runs OpenSSH's ssh with a remote command; it returns stdout, stderr

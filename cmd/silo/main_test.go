@@ -1,0 +1,362 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pkg/sftp"
+	"golang.org/x/crypto/ssh"
+)
+
+var siloBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "silo-cmd-test-")
+	if err != nil {
+		panic(err)
+	}
+	siloBin = filepath.Join(dir, "silo")
+	if out, err := exec.Command("go", "build", "-o", siloBin, ".").CombinedOutput(); err != nil {
+		panic(fmt.Sprintf("go build: %v\n%s", err, out))
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// silo runs the binary; it returns stdout, stderr and the exit status.
+func silo(t *testing.T, stdin string, args ...string) (string, string, int) {
+	t.Helper()
+	cmd := exec.Command(siloBin, args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return out.String(), errb.String(), ee.ExitCode()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out.String(), errb.String(), 0
+}
+
+// writeConfig writes a config.toml in a new directory and returns its path.
+func writeConfig(t *testing.T, body string) string {
+	t.Helper()
+	dir := t.TempDir()
+	p := filepath.Join(dir, "config.toml")
+	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+const testConfig = `listen = "127.0.0.1:0"
+homes = "homes"
+host_keys = "keys"
+users = "users.toml"
+`
+
+func TestConfigErrorsNameTheKey(t *testing.T) {
+	for name, tc := range map[string]struct{ body, want string }{
+		"unknown key":    {testConfig + "quota = 5\n", `unknown key "quota"`},
+		"misspelt key":   {strings.Replace(testConfig, "homes", "home", 1), `unknown key "home"`},
+		"wrong type":     {"listen = 2022\n", "listen"},
+		"bad listen":     {"listen = \"localhost\"\n", "listen"},
+		"bad port":       {"listen = \"127.0.0.1:99999\"\n", "listen"},
+		"bad host":       {"listen = \"example.com:22\"\n", "listen"},
+		"empty homes":    {"homes = \"\"\n", "homes"},
+		"empty users":    {"users = \"\"\n", "users"},
+		"syntax":         {"listen = \"127.0.0.1:0\n", "config.toml"},
+		"unknown in sub": {"[limits]\nfoo = 1\n", "limits"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, stderr, code := silo(t, "", "serve", "--config", writeConfig(t, tc.body))
+			if code != 1 || !strings.Contains(stderr, tc.want) {
+				t.Fatalf("exit %d, stderr %q; want 1 and a message naming %q", code, stderr, tc.want)
+			}
+		})
+	}
+	_, stderr, code := silo(t, "", "serve", "--config", "/nonexistent/config.toml")
+	if code != 1 || !strings.Contains(stderr, "/nonexistent/config.toml") {
+		t.Fatalf("missing config: exit %d, %q", code, stderr)
+	}
+}
+
+func TestUserCommands(t *testing.T) {
+	cfg := writeConfig(t, testConfig)
+	dir := filepath.Dir(cfg)
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	signer, _ := ssh.NewSignerFromKey(priv)
+	pubLine := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer.PublicKey()))) + " bob@laptop"
+	keyFile := filepath.Join(dir, "bob.pub")
+	os.WriteFile(keyFile, []byte(pubLine+"\n"), 0o644)
+
+	// Flags before and after NAME; the users file is created.
+	if out, stderr, code := silo(t, "alice-pw\n", "user", "add", "alice", "--config", cfg, "--password-stdin", "--quota", "100MiB", "--max-files", "1000"); code != 0 {
+		t.Fatalf("user add alice: exit %d %s %s", code, out, stderr)
+	}
+	if _, stderr, code := silo(t, "", "user", "add", "--config", cfg, "--key", keyFile, "--key", pubLine, "bob", "--home", "/srv/bob", "--quota", "5GB"); code != 0 {
+		t.Fatalf("user add bob: exit %d %s", code, stderr)
+	}
+	data, err := os.ReadFile(filepath.Join(dir, "users.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(data), "alice-pw") || !strings.Contains(string(data), "$argon2id$") {
+		t.Fatalf("users file holds the clear password or no argon2id hash:\n%s", data)
+	}
+	out, _, code := silo(t, "", "user", "list", "--config", cfg)
+	for _, want := range []string{"alice", "password", "100 MiB", "1000", "bob", "2 key(s)", "4.6 GiB", "/srv/bob", filepath.Join(dir, "homes", "alice")} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("user list lacks %q:\n%s", want, out)
+		}
+	}
+	out, _, code = silo(t, "", "user", "show", "bob", "--config", cfg)
+	if code != 0 || !strings.Contains(out, ssh.FingerprintSHA256(signer.PublicKey())) || !strings.Contains(out, "bob@laptop") {
+		t.Errorf("user show bob:\n%s", out)
+	}
+
+	for name, tc := range map[string]struct {
+		stdin string
+		args  []string
+		code  int
+		want  string
+	}{
+		"duplicate":      {"x\n", []string{"user", "add", "alice", "--password-stdin"}, 1, "already exists"},
+		"bad name":       {"x\n", []string{"user", "add", "../etc", "--password-stdin"}, 1, "invalid user name"},
+		"no credential":  {"", []string{"user", "add", "carol"}, 1, "--password-stdin or --key"},
+		"empty password": {"\n", []string{"user", "add", "carol", "--password-stdin"}, 1, "empty password"},
+		"long password":  {strings.Repeat("x", 1025) + "\n", []string{"user", "add", "carol", "--password-stdin"}, 1, "longer than 1024"},
+		"bad quota":      {"x\n", []string{"user", "add", "carol", "--password-stdin", "--quota", "lots"}, 1, "--quota"},
+		"bad key":        {"", []string{"user", "add", "carol", "--key", "ssh-ed25519 AAAA garbage"}, 1, "--key"},
+		"missing key":    {"", []string{"user", "add", "carol", "--key", "/nonexistent.pub"}, 1, "/nonexistent.pub"},
+		"unknown flag":   {"", []string{"user", "add", "carol", "--shell", "/bin/sh"}, 2, "shell"},
+		"extra arg":      {"", []string{"user", "del", "alice", "bob"}, 2, "argument"},
+		"del unknown":    {"", []string{"user", "del", "nobody"}, 1, "no user nobody"},
+		"passwd no flag": {"x\n", []string{"user", "passwd", "alice"}, 2, "--password-stdin"},
+		"unknown cmd":    {"", []string{"user", "frob"}, 2, "frob"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, stderr, code := silo(t, tc.stdin, append(tc.args, "--config", cfg)...)
+			if code != tc.code || !strings.Contains(stderr, tc.want) {
+				t.Fatalf("exit %d, stderr %q; want %d and %q", code, stderr, tc.code, tc.want)
+			}
+		})
+	}
+	after, _ := os.ReadFile(filepath.Join(dir, "users.toml"))
+	if !bytes.Equal(after, data) {
+		t.Fatal("a refused command changed the users file")
+	}
+
+	if _, stderr, code := silo(t, "new-pw\n", "user", "passwd", "alice", "--password-stdin", "--config", cfg); code != 0 {
+		t.Fatalf("passwd: %s", stderr)
+	}
+	if _, stderr, code := silo(t, "", "user", "del", "--config", cfg, "alice"); code != 0 {
+		t.Fatalf("del: %s", stderr)
+	}
+	if out, _, _ := silo(t, "", "user", "list", "--config", cfg); strings.Contains(out, "alice") {
+		t.Fatalf("alice still listed:\n%s", out)
+	}
+	if out, _, code := silo(t, "", "version"); code != 0 || !strings.HasPrefix(out, "silo ") {
+		t.Fatalf("version: %d %q", code, out)
+	}
+}
+
+// server is a `silo serve` process.
+type server struct {
+	cmd  *exec.Cmd
+	addr string
+	log  *lockedBuffer // everything after "listening on"
+	keys []string      // host key fingerprints it logged
+}
+
+var listenRE = regexp.MustCompile(`listening on (\S+?)"? `)
+var fpRE = regexp.MustCompile(`fingerprint=(SHA256:\S+)`)
+
+func startSilo(t *testing.T, cfg string) *server {
+	t.Helper()
+	cmd := exec.Command(siloBin, "serve", "--config", cfg)
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s := &server{cmd: cmd, log: &lockedBuffer{}}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	sc := bufio.NewScanner(stderr)
+	ready := make(chan error, 1)
+	go func() {
+		for sc.Scan() {
+			line := sc.Text()
+			if m := fpRE.FindStringSubmatch(line); m != nil {
+				s.keys = append(s.keys, m[1])
+			}
+			if m := listenRE.FindStringSubmatch(line + " "); m != nil && s.addr == "" {
+				s.addr = m[1]
+				ready <- nil
+				break
+			}
+		}
+		if s.addr == "" {
+			ready <- errors.New("silo exited before listening")
+		}
+		io.Copy(s.log, stderr)
+	}()
+	select {
+	case err := <-ready:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("silo did not start listening")
+	}
+	return s
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func dialSilo(addr, user string, hostKey ssh.HostKeyCallback, auth ...ssh.AuthMethod) (*ssh.Client, error) {
+	return ssh.Dial("tcp", addr, &ssh.ClientConfig{User: user, Auth: auth, HostKeyCallback: hostKey, Timeout: 10 * time.Second})
+}
+
+// A running server picks up users added, changed and deleted by `silo user`,
+// keeps its host keys across restarts and stops cleanly on SIGTERM.
+func TestServeLifecycle(t *testing.T) {
+	cfg := writeConfig(t, testConfig)
+	dir := filepath.Dir(cfg)
+	s := startSilo(t, cfg)
+	if len(s.keys) != 3 {
+		t.Fatalf("logged %d host key fingerprints, want 3", len(s.keys))
+	}
+	var seen ssh.PublicKey
+	record := func(_ string, _ net.Addr, k ssh.PublicKey) error { seen = k; return nil }
+
+	// A user added while running logs in.
+	silo(t, "pw-1\n", "user", "add", "dave", "--password-stdin", "--config", cfg)
+	var c *ssh.Client
+	var err error
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if c, err = dialSilo(s.addr, "dave", record, ssh.Password("pw-1")); err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("user added while running cannot log in: %v\n%s", err, s.log)
+	}
+	if fp := ssh.FingerprintSHA256(seen); !strings.Contains(strings.Join(s.keys, " "), fp) {
+		t.Errorf("server presented %s, logged %v", fp, s.keys)
+	}
+	sc, err := sftp.NewClient(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "homes", "dave")); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("home not created with mode 0700 at first login: %v %v", fi, err)
+	}
+
+	// A changed password applies to new logins; the open session stays.
+	silo(t, "pw-2\n", "user", "passwd", "dave", "--password-stdin", "--config", cfg)
+	syscall.Kill(s.cmd.Process.Pid, syscall.SIGHUP) // reload at once rather than at the next poll
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		c2, err := dialSilo(s.addr, "dave", record, ssh.Password("pw-2"))
+		if err == nil {
+			c2.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("new password not accepted: %v", err)
+		}
+	}
+	if c2, err := dialSilo(s.addr, "dave", record, ssh.Password("pw-1")); err == nil {
+		c2.Close()
+		t.Fatal("old password still accepted")
+	}
+	if _, err := sc.Getwd(); err != nil {
+		t.Fatalf("open session ended by a password change: %v", err)
+	}
+
+	// A deleted user's sessions are closed.
+	silo(t, "", "user", "del", "dave", "--config", cfg)
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if _, err := sc.Getwd(); err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("deleted user's session still open")
+		}
+	}
+
+	// A broken users file is refused and the previous users stay.
+	silo(t, "pw-3\n", "user", "add", "erin", "--password-stdin", "--config", cfg)
+	time.Sleep(1200 * time.Millisecond)
+	good, _ := os.ReadFile(filepath.Join(dir, "users.toml"))
+	os.WriteFile(filepath.Join(dir, "users.toml"), append(good, "[[user]]\nname = \"../x\"\n"...), 0o600)
+	time.Sleep(1200 * time.Millisecond)
+	if c3, err := dialSilo(s.addr, "erin", record, ssh.Password("pw-3")); err != nil {
+		t.Fatalf("a broken users file locked out existing users: %v", err)
+	} else {
+		c3.Close()
+	}
+	if !strings.Contains(s.log.String(), "users file not reloaded") {
+		t.Errorf("no log line about the broken users file:\n%s", s.log)
+	}
+	os.WriteFile(filepath.Join(dir, "users.toml"), good, 0o600)
+
+	// SIGTERM: exit 0. A restart keeps the host keys.
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	if err := s.cmd.Wait(); err != nil {
+		t.Fatalf("silo after SIGTERM: %v\n%s", err, s.log)
+	}
+	s2 := startSilo(t, cfg)
+	if strings.Join(s2.keys, " ") != strings.Join(s.keys, " ") {
+		t.Fatalf("host keys changed across restart: %v then %v", s.keys, s2.keys)
+	}
+	strict := ssh.FixedHostKey(seen)
+	if c4, err := dialSilo(s2.addr, "erin", strict, ssh.Password("pw-3")); err != nil {
+		t.Fatalf("after restart: %v", err)
+	} else {
+		c4.Close()
+	}
+}
+
+func TestServeRefusesWithoutHostKeys(t *testing.T) {
+	cfg := writeConfig(t, testConfig)
+	blocker := filepath.Join(filepath.Dir(cfg), "keys")
+	os.WriteFile(blocker, []byte("a file where the key directory should be"), 0o600)
+	_, stderr, code := silo(t, "", "serve", "--config", cfg)
+	if code != 1 || !strings.Contains(stderr, "host key") {
+		t.Fatalf("exit %d, stderr %q; want 1 and a message about host keys", code, stderr)
+	}
+}
