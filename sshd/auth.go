@@ -22,7 +22,7 @@ type rawConnKey struct{}
 // callback can end the connection rather than just fail one attempt.
 func (s *Server) acceptConn(ctx gssh.Context, c net.Conn) net.Conn {
 	ctx.SetValue(rawConnKey{}, c)
-	return c
+	return newFlushConn(c)
 }
 
 // algorithms is x/crypto's secure set with SHA-1 removed: no

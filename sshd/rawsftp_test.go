@@ -17,6 +17,7 @@ type rawSFTP struct {
 	w    io.WriteCloser
 	r    io.Reader
 	id   uint32
+	exts map[string]string // announced in SSH_FXP_VERSION
 }
 
 // SFTP packet types.
@@ -78,10 +79,17 @@ func (ts *testServer) rawSFTP(user, key string) *rawSFTP {
 	if err := sess.RequestSubsystem("sftp"); err != nil {
 		ts.t.Fatal(err)
 	}
-	s := &rawSFTP{t: ts.t, sess: sess, w: w, r: r}
+	s := &rawSFTP{t: ts.t, sess: sess, w: w, r: r, exts: map[string]string{}}
 	s.writePacket(fxpInit, u32(3))
-	if typ, _ := s.readPacket(); typ != fxpVersion {
-		ts.t.Fatalf("got packet %d, want SSH_FXP_VERSION", typ)
+	typ, body := s.readPacket()
+	if typ != fxpVersion || len(body) < 4 || binary.BigEndian.Uint32(body) != 3 {
+		ts.t.Fatalf("got packet %d %x, want SSH_FXP_VERSION 3", typ, body)
+	}
+	for b := body[4:]; len(b) > 0; {
+		var name, data string
+		name, b = readStr(b)
+		data, b = readStr(b)
+		s.exts[name] = data
 	}
 	return s
 }
@@ -120,6 +128,18 @@ type reply struct {
 	code uint32
 	msg  string
 	str  string
+	body []byte // everything after the id
+}
+
+func readStr(b []byte) (string, []byte) {
+	if len(b) < 4 {
+		return "", nil
+	}
+	n := binary.BigEndian.Uint32(b)
+	if uint32(len(b)-4) < n {
+		return "", nil
+	}
+	return string(b[4 : 4+n]), b[4+n:]
 }
 
 func (r reply) ok() bool { return r.typ != fxpStatus || r.code == 0 }
@@ -136,17 +156,7 @@ func (s *rawSFTP) call(typ byte, parts ...[]byte) reply {
 		s.t.Fatalf("reply to request %d has another id", s.id)
 	}
 	body = body[4:]
-	r := reply{typ: rt}
-	readStr := func(b []byte) (string, []byte) {
-		if len(b) < 4 {
-			return "", nil
-		}
-		n := binary.BigEndian.Uint32(b)
-		if uint32(len(b)-4) < n {
-			return "", nil
-		}
-		return string(b[4 : 4+n]), b[4+n:]
-	}
+	r := reply{typ: rt, body: body}
 	switch rt {
 	case fxpStatus:
 		r.code = binary.BigEndian.Uint32(body)

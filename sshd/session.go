@@ -129,8 +129,8 @@ func (sess *session) run(kind, arg string) {
 
 func (sess *session) sftp() int {
 	h := &sftpHandler{fs: sess.fs, user: sess.user.Name, log: sess.log}
-	rs := sftp.NewRequestServer(sess.ch, sftp.Handlers{FileGet: h, FilePut: h, FileCmd: h, FileList: h},
-		sftp.WithRSAllocator())
+	rs := sftp.NewRequestServer(newSFTPStream(sess.ch), sftp.Handlers{FileGet: h, FilePut: h, FileCmd: h, FileList: h},
+		sftp.WithRSAllocator(), sftp.WithRSMaxTxPacket(maxSFTPData))
 	sess.log.Debug("sftp session started")
 	err := rs.Serve()
 	if err != nil && err != io.EOF {

@@ -2,6 +2,7 @@ package sshd_test
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -454,5 +455,59 @@ func TestUploadDownloadPkgSFTP(t *testing.T) {
 	}
 	if _, err := io.Copy(io.Discard, g); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// limits@openssh.com tells clients they may move 255 KiB per request, and
+// requests that large work; a packet over 256 KiB ends the session.
+func TestSFTPLimits(t *testing.T) {
+	ts := startServer(t)
+	ts.addUser("alice", "", "alice")
+	home := ts.home("alice")
+	c := ts.rawSFTP("alice", "alice")
+	if c.exts["limits@openssh.com"] != "1" || c.exts["posix-rename@openssh.com"] != "1" || c.exts["statvfs@openssh.com"] != "2" {
+		t.Fatalf("announced extensions: %v", c.exts)
+	}
+	if _, ok := c.exts["hardlink@openssh.com"]; ok {
+		t.Error("hardlink@openssh.com announced, but hard links are refused")
+	}
+	r := c.extended("limits@openssh.com")
+	if r.typ != 201 || len(r.body) != 32 {
+		t.Fatalf("limits reply: type %d, %d bytes; want SSH_FXP_EXTENDED_REPLY with 4 uint64", r.typ, len(r.body))
+	}
+	var got [4]uint64
+	for i := range got {
+		got[i] = binary.BigEndian.Uint64(r.body[8*i:])
+	}
+	if got != [4]uint64{256 << 10, 255 << 10, 255 << 10, 0} {
+		t.Fatalf("limits: packet/read/write/handles = %v", got)
+	}
+
+	data := randomBytes(255 << 10)
+	h := c.open("/big", fxfWrite|fxfCreat|fxfRead)
+	if h.typ != fxpHandle {
+		t.Fatalf("open: %+v", h)
+	}
+	if r := c.write(h.str, 0, string(data)); !r.ok() {
+		t.Fatalf("255 KiB write: %q", r.msg)
+	}
+	r = c.call(fxpRead, str(h.str), u64(0), u32(255<<10))
+	if r.typ != fxpData || r.str != string(data) {
+		t.Fatalf("255 KiB read: type %d, %d bytes", r.typ, len(r.str))
+	}
+	c.close(h.str)
+	if got, _ := os.ReadFile(filepath.Join(home, "big")); !bytes.Equal(got, data) {
+		t.Fatal("file on disk differs")
+	}
+
+	// One byte over 256 KiB: the session ends.
+	c.id++
+	c.writePacket(fxpWrite, u32(c.id), str(h.str), u64(0), str(string(randomBytes(256<<10))))
+	done := make(chan error, 1)
+	go func() { done <- c.sess.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("session still open after a packet over 256 KiB")
 	}
 }
