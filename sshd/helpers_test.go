@@ -193,7 +193,7 @@ func (ts *testServer) update(fn func(*users.File)) {
 	if err != nil {
 		ts.t.Fatal(err)
 	}
-	ts.srv.UsersRemoved(removed)
+	ts.srv.Reloaded(removed)
 }
 
 // home returns the host path of a user's default home, creating it.

@@ -35,6 +35,7 @@ type Config struct {
 	HostSigners []gossh.Signer // at least one
 	Users       UserDB
 	Homes       string // directory of the default homes, homes/NAME
+	Fsync       bool   // make written files durable at close (see vfs.Options)
 	Logger      *slog.Logger
 }
 
@@ -50,8 +51,9 @@ type Server struct {
 }
 
 type home struct {
-	dir string
-	fs  *vfs.FS
+	dir    string
+	fs     *vfs.FS
+	rescan int64 // the user's rescan counter when the usage was last computed
 }
 
 func init() {
@@ -142,26 +144,65 @@ func (s *Server) closeHomes() {
 	}
 }
 
-// home returns u's open home, opening (and creating) it on first use.
+// home returns u's open home, opening (and creating) it on first use, when
+// its usage is computed from disk.
 func (s *Server) home(u users.User) (*vfs.FS, error) {
 	dir := u.HomeDir(s.cfg.Homes)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if h := s.homes[u.Name]; h != nil && h.dir == dir {
+		h.fs.SetLimits(limitsOf(u))
 		return h.fs, nil
 	}
-	fsys, err := vfs.Open(dir)
+	fsys, err := vfs.Open(dir, vfs.Options{Limits: limitsOf(u), Fsync: s.cfg.Fsync})
 	if err != nil {
 		return nil, fmt.Errorf("open home of %s: %w", u.Name, err)
 	}
 	// A home that moved leaves the old one to the sessions still using it.
-	s.homes[u.Name] = &home{dir: dir, fs: fsys}
+	s.homes[u.Name] = &home{dir: dir, fs: fsys, rescan: u.Rescan}
 	return fsys, nil
 }
 
-// UsersRemoved ends every connection of the named users, which no longer
+func limitsOf(u users.User) vfs.Limits {
+	return vfs.Limits{Bytes: int64(u.Quota), Files: u.MaxFiles}
+}
+
+// Reloaded applies a new version of the users file: the removed users'
+// connections end, open homes take their users' new limits, and a home whose
+// user asked for a rescan (`silo user rescan`) recomputes its usage.
+func (s *Server) Reloaded(removed []string) {
+	s.mu.Lock()
+	type job struct {
+		name string
+		fs   *vfs.FS
+	}
+	var rescans []job
+	for name, h := range s.homes {
+		u, ok := s.cfg.Users.Lookup(name)
+		if !ok {
+			continue
+		}
+		h.fs.SetLimits(limitsOf(u))
+		if u.Rescan != h.rescan {
+			h.rescan = u.Rescan
+			rescans = append(rescans, job{name, h.fs})
+		}
+	}
+	s.mu.Unlock()
+	for _, j := range rescans {
+		if err := j.fs.Rescan(); err != nil {
+			s.log.Error("rescan failed", "user", j.name, "err", err)
+			continue
+		}
+		u := j.fs.Usage()
+		s.log.Info("usage rescanned", "user", j.name, "bytes", u.Bytes, "files", u.Files)
+	}
+	s.usersRemoved(removed)
+}
+
+// usersRemoved ends every connection of the named users, which no longer
 // exist.
-func (s *Server) UsersRemoved(names []string) {
+func (s *Server) usersRemoved(names []string) {
 	s.mu.Lock()
 	var drop []*gossh.ServerConn
 	var homes []*home

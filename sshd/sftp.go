@@ -17,6 +17,7 @@ import (
 
 	"github.com/pkg/sftp"
 
+	"silo/users"
 	"silo/vfs"
 )
 
@@ -91,6 +92,10 @@ func (f *sftpFile) WriteAt(p []byte, off int64) (int, error) {
 }
 
 func (f *sftpFile) Close() error { return f.h.status(f.f.Close()) }
+
+// TransferError is pkg/sftp telling that the session ended with the file
+// still open: the upload is aborted, not completed.
+func (f *sftpFile) TransferError(error) { f.f.Abort() }
 
 // Filecmd runs the requests that change the tree.
 func (h *sftpHandler) Filecmd(r *sftp.Request) error {
@@ -286,7 +291,14 @@ func (h *sftpHandler) status(err error) error {
 	}
 	var code error = sftp.ErrSSHFxFailure
 	var what string
+	var qe *vfs.QuotaError
 	switch {
+	case errors.As(err, &qe) && qe.Files:
+		what = fmt.Sprintf("file limit reached: %d files", qe.Limit)
+	case errors.As(err, &qe):
+		what = "quota exceeded: " + users.HumanBytes(qe.Left) + " left"
+	case errors.Is(err, vfs.ErrBusy):
+		what = "file is being written by another session: %s"
 	case errors.Is(err, vfs.ErrEscape):
 		code, what = sftp.ErrSSHFxPermissionDenied, "permission denied: %s leads outside your home"
 	case errors.Is(err, fs.ErrNotExist):

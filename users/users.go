@@ -30,6 +30,9 @@ type User struct {
 	// Home is absolute, or relative to the server's homes directory; empty
 	// means homes/NAME.
 	Home string `toml:"home,omitempty"`
+	// Rescan is bumped by `silo user rescan`: a running server that sees it
+	// change recomputes the user's usage from disk.
+	Rescan int64 `toml:"rescan,omitempty"`
 }
 
 // File is the whole users file: one [[user]] table per account.

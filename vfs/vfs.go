@@ -12,6 +12,8 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"slices"
+	"sync"
 	"syscall"
 	"time"
 
@@ -26,13 +28,30 @@ const (
 	homeMode = 0o700
 )
 
-// FS is a user's home. Its methods are safe for concurrent use.
+// FS is a user's home: its files, its limits and its usage. Its methods are
+// safe for concurrent use by any number of sessions.
 type FS struct {
-	root *os.Root
+	root  *os.Root
+	fsync bool
+
+	mu      sync.Mutex // guards what follows; taken after a writer's mu, never before
+	limits  Limits
+	used    Usage
+	writers map[fileID]*writer
 }
 
-// Open opens the home at dir, creating it (mode 0700) if it does not exist.
-func Open(dir string) (*FS, error) {
+// Options are the settings of a home.
+type Options struct {
+	Limits Limits
+	// Fsync makes Close of a written file wait until it is on stable
+	// storage, and a replacing rename until the directory is.
+	Fsync bool
+}
+
+// Open opens the home at dir, creating it (mode 0700) if it does not exist,
+// and computes its usage from disk. Temp files that a crash left behind are
+// removed; the files they were to replace are intact.
+func Open(dir string, opt Options) (*FS, error) {
 	if err := os.MkdirAll(dir, homeMode); err != nil {
 		return nil, err
 	}
@@ -40,7 +59,21 @@ func Open(dir string) (*FS, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &FS{root: root}, nil
+	used, err := scan(root, true)
+	if err != nil {
+		root.Close()
+		return nil, err
+	}
+	return &FS{root: root, fsync: opt.Fsync, limits: opt.Limits, used: used, writers: make(map[fileID]*writer)}, nil
+}
+
+// rel maps a virtual path for an operation: names of silo's temp files are
+// not the user's to touch.
+func (f *FS) rel(name string) (string, error) {
+	if reserved(Clean(name)) {
+		return "", fs.ErrPermission
+	}
+	return rel(name)
 }
 
 // Close releases the home. Files already open stay usable.
@@ -48,7 +81,7 @@ func (f *FS) Close() error { return f.root.Close() }
 
 // Stat follows symbolic links (inside the home only).
 func (f *FS) Stat(name string) (fs.FileInfo, error) {
-	r, err := rel(name)
+	r, err := f.rel(name)
 	if err != nil {
 		return nil, wrap("stat", name, err)
 	}
@@ -58,7 +91,7 @@ func (f *FS) Stat(name string) (fs.FileInfo, error) {
 
 // Lstat describes a symbolic link itself rather than its target.
 func (f *FS) Lstat(name string) (fs.FileInfo, error) {
-	r, err := rel(name)
+	r, err := f.rel(name)
 	if err != nil {
 		return nil, wrap("lstat", name, err)
 	}
@@ -66,38 +99,9 @@ func (f *FS) Lstat(name string) (fs.FileInfo, error) {
 	return fi, wrap("lstat", name, err)
 }
 
-// OpenFile opens a regular file. flag takes os.O_RDONLY, O_WRONLY, O_RDWR,
-// O_CREATE, O_EXCL and O_TRUNC; O_APPEND is ignored, because writes always go
-// to the offset the caller gives. Directories, FIFOs, sockets and devices are
-// refused without blocking.
-func (f *FS) OpenFile(name string, flag int) (*File, error) {
-	r, err := rel(name)
-	if err != nil {
-		return nil, wrap("open", name, err)
-	}
-	flag &= os.O_RDONLY | os.O_WRONLY | os.O_RDWR | os.O_CREATE | os.O_EXCL | os.O_TRUNC
-	// O_NONBLOCK: opening a FIFO must not wait for a peer.
-	osf, err := f.root.OpenFile(r, flag|unix.O_NONBLOCK|unix.O_CLOEXEC, fileMode)
-	if err != nil {
-		return nil, wrap("open", name, err)
-	}
-	fi, err := osf.Stat()
-	if err == nil && !fi.Mode().IsRegular() {
-		err = ErrNotRegular
-		if fi.IsDir() {
-			err = ErrIsDir
-		}
-	}
-	if err != nil {
-		osf.Close()
-		return nil, wrap("open", name, err)
-	}
-	return &File{f: osf, name: Clean(name)}, nil
-}
-
 // Mkdir creates one directory (mode 0755).
 func (f *FS) Mkdir(name string) error {
-	r, err := rel(name)
+	r, err := f.rel(name)
 	if err == nil {
 		err = f.root.Mkdir(r, dirMode)
 	}
@@ -106,11 +110,7 @@ func (f *FS) Mkdir(name string) error {
 
 // parent opens the directory that holds name and returns it with name's last
 // element, for the *at system calls that must not follow that element.
-func (f *FS) parent(name string) (*os.File, string, error) {
-	r, err := rel(name)
-	if err != nil {
-		return nil, "", err
-	}
+func (f *FS) parent(r string) (*os.File, string, error) {
 	if r == "." {
 		return nil, "", syscall.EBUSY // the home itself
 	}
@@ -126,19 +126,48 @@ func (f *FS) parent(name string) (*os.File, string, error) {
 }
 
 // Remove deletes a file or a symbolic link (not its target), never a
-// directory.
+// directory, and gives back what it counted.
 func (f *FS) Remove(name string) error {
-	return wrap("remove", name, f.unlinkat(name, 0))
+	r, err := f.rel(name)
+	if err != nil {
+		return wrap("remove", name, err)
+	}
+	fi, err := f.root.Lstat(r)
+	if err == nil && f.busy(r) {
+		err = ErrBusy
+	}
+	if err == nil {
+		err = f.unlinkat(r, 0)
+	}
+	if err != nil {
+		return wrap("remove", name, err)
+	}
+	f.forget(fi)
+	return nil
+}
+
+// forget gives back what an entry that is gone counted.
+func (f *FS) forget(fi fs.FileInfo) {
+	switch {
+	case fi.Mode().IsRegular():
+		f.adjust(-fi.Size(), -1)
+	case fi.Mode()&fs.ModeSymlink != 0:
+		f.adjust(0, -1)
+	}
 }
 
 // Rmdir deletes an empty directory; a non-empty one fails with ErrNotEmpty
 // and stays as it is.
 func (f *FS) Rmdir(name string) error {
-	return wrap("rmdir", name, f.unlinkat(name, unix.AT_REMOVEDIR))
+	r, err := f.rel(name)
+	if err == nil {
+		err = f.unlinkat(r, unix.AT_REMOVEDIR)
+	}
+	return wrap("rmdir", name, err)
 }
 
-func (f *FS) unlinkat(name string, flags int) error {
-	d, base, err := f.parent(name)
+func (f *FS) unlinkat(r string, flags int) error {
+	d, base, err := f.parent(r)
 	if err != nil {
 		return err
 	}
@@ -153,18 +182,34 @@ func (f *FS) Rename(oldname, newname string) error {
 }
 
 // PosixRename moves oldname to newname, replacing newname atomically if it
-// exists (posix-rename@openssh.com, rename(2)).
+// exists (posix-rename@openssh.com, rename(2)); what newname held is given
+// back.
 func (f *FS) PosixRename(oldname, newname string) error {
 	return f.rename(oldname, newname, 0)
 }
 
 func (f *FS) rename(oldname, newname string, flags uint) error {
-	od, obase, err := f.parent(oldname)
+	or, err := f.rel(oldname)
+	if err != nil {
+		return wrap("rename", oldname, err)
+	}
+	nr, err := f.rel(newname)
+	if err != nil {
+		return wrap("rename", newname, err)
+	}
+	if f.busy(or) {
+		return wrap("rename", oldname, ErrBusy)
+	}
+	replaced, lerr := f.root.Lstat(nr)
+	if lerr == nil && f.busy(nr) {
+		return wrap("rename", newname, ErrBusy)
+	}
+	od, obase, err := f.parent(or)
 	if err != nil {
 		return wrap("rename", oldname, err)
 	}
 	defer od.Close()
-	nd, nbase, err := f.parent(newname)
+	nd, nbase, err := f.parent(nr)
 	if err != nil {
 		return wrap("rename", newname, err)
 	}
@@ -179,10 +224,21 @@ func (f *FS) rename(oldname, newname string, flags uint) error {
 			err = unix.Renameat(int(od.Fd()), obase, int(nd.Fd()), nbase)
 		}
 	}
-	if err == unix.ENOENT {
+	switch {
+	case err == unix.ENOENT:
 		return wrap("rename", oldname, err)
+	case err != nil:
+		return wrap("rename", newname, err)
 	}
-	return wrap("rename", newname, err)
+	if lerr == nil && !os.SameFile(replaced, mustLstat(f.root, nr)) {
+		f.forget(replaced)
+	}
+	return nil
+}
+
+func mustLstat(root *os.Root, r string) fs.FileInfo {
+	fi, _ := root.Lstat(r)
+	return fi
 }
 
 // Symlink creates linkname pointing at target. The target must be relative
@@ -195,14 +251,21 @@ func (f *FS) Symlink(target, linkname string) error {
 	if escapes(path.Dir(Clean(linkname)), target) {
 		return wrap("symlink", linkname, ErrEscape)
 	}
-	return wrap("symlink", linkname, f.root.Symlink(target, r))
+	if err := f.reserve(0, 1); err != nil {
+		return wrap("symlink", linkname, err)
+	}
+	if err := f.root.Symlink(target, r); err != nil {
+		f.adjust(0, -1)
+		return wrap("symlink", linkname, err)
+	}
+	return nil
 }
 
 // Readlink returns a symbolic link's target. A link that leads outside the
 // home (written there by someone other than silo) is refused, so that its
 // target, a host path, is never shown.
 func (f *FS) Readlink(name string) (string, error) {
-	r, err := rel(name)
+	r, err := f.rel(name)
 	if err != nil {
 		return "", wrap("readlink", name, err)
 	}
@@ -216,42 +279,66 @@ func (f *FS) Readlink(name string) (string, error) {
 	return target, nil
 }
 
-// Chmod sets the permission bits; anything above 0777 is masked off.
+// Chmod sets the permission bits; anything above 0777 is masked off, and
+// the owner keeps read and write (and search, on a directory), so that silo
+// can always account for and serve what the home holds.
 func (f *FS) Chmod(name string, mode fs.FileMode) error {
-	r, err := rel(name)
+	r, err := f.rel(name)
+	if err != nil {
+		return wrap("chmod", name, err)
+	}
+	mode &= fs.ModePerm
+	if w := f.writerOf(r); w != nil {
+		return wrap("chmod", name, w.chmod(mode|0o600))
+	}
+	fi, err := f.root.Stat(r)
 	if err == nil {
-		err = f.root.Chmod(r, mode&fs.ModePerm)
+		if fi.IsDir() {
+			mode |= 0o700
+		} else {
+			mode |= 0o600
+		}
+		err = f.root.Chmod(r, mode)
 	}
 	return wrap("chmod", name, err)
 }
 
 // Chtimes sets the access and modification times.
 func (f *FS) Chtimes(name string, atime, mtime time.Time) error {
-	r, err := rel(name)
-	if err == nil {
-		err = f.root.Chtimes(r, atime, mtime)
+	r, err := f.rel(name)
+	if err != nil {
+		return wrap("chtimes", name, err)
 	}
-	return wrap("chtimes", name, err)
+	if w := f.writerOf(r); w != nil {
+		return wrap("chtimes", name, w.chtimes(atime, mtime))
+	}
+	return wrap("chtimes", name, f.root.Chtimes(r, atime, mtime))
 }
 
 // Truncate sets a regular file's size, cutting it or extending it with a
-// hole.
+// hole; growth counts against the quota. On a file being written it acts on
+// what is being written (the new content of an overwrite).
 func (f *FS) Truncate(name string, size int64) error {
-	if size < 0 {
-		return wrap("truncate", name, syscall.EINVAL)
+	r, err := f.rel(name)
+	if err != nil {
+		return wrap("truncate", name, err)
+	}
+	if w := f.writerOf(r); w != nil {
+		return wrap("truncate", name, w.truncate(size))
 	}
 	file, err := f.OpenFile(name, os.O_WRONLY)
 	if err != nil {
 		return err
 	}
-	err = file.f.Truncate(size)
+	err = file.Truncate(size)
 	if cerr := file.Close(); err == nil {
 		err = cerr
 	}
-	return wrap("truncate", name, err)
+	return err
 }
 
-// StatFS describes the filesystem that holds the home.
+// StatFS describes the filesystem that holds the home, as seen by the user:
+// where a limit is set, the quota is the size and what it leaves is free.
 func (f *FS) StatFS() (unix.Statfs_t, error) {
 	var st unix.Statfs_t
 	d, err := f.root.Open(".")
@@ -259,13 +346,32 @@ func (f *FS) StatFS() (unix.Statfs_t, error) {
 		return st, wrap("statfs", "/", err)
 	}
 	defer d.Close()
-	return st, wrap("statfs", "/", unix.Fstatfs(int(d.Fd()), &st))
+	if err := unix.Fstatfs(int(d.Fd()), &st); err != nil {
+		return st, wrap("statfs", "/", err)
+	}
+	f.mu.Lock()
+	l, u := f.limits, f.used
+	f.mu.Unlock()
+	if l.Bytes > 0 {
+		bs := uint64(st.Frsize)
+		if bs == 0 {
+			bs = uint64(st.Bsize)
+		}
+		free := uint64(max(0, l.Bytes-u.Bytes))
+		st.Blocks = uint64(l.Bytes) / bs
+		st.Bfree, st.Bavail = free/bs, free/bs
+	}
+	if l.Files > 0 {
+		st.Files = uint64(l.Files)
+		st.Ffree = uint64(max(0, l.Files-u.Files))
+	}
+	return st, nil
 }
 
 // ReadDir opens a directory for listing in batches, so that a directory of
 // any size is never held in memory whole.
 func (f *FS) ReadDir(name string) (*Dir, error) {
-	r, err := rel(name)
+	r, err := f.rel(name)
 	if err != nil {
 		return nil, wrap("opendir", name, err)
 	}
@@ -289,44 +395,13 @@ func (d *Dir) Next(n int) ([]fs.FileInfo, error) {
 	if err != nil && err != io.EOF {
 		err = wrap("readdir", d.name, err)
 	}
+	// silo's temp files are not the user's.
+	fis = slices.DeleteFunc(fis, func(fi fs.FileInfo) bool { return tempRE.MatchString(fi.Name()) })
+	if len(fis) == 0 && err == nil {
+		return d.Next(n)
+	}
 	return fis, err
 }
 
 // Close ends the listing.
 func (d *Dir) Close() error { return d.f.Close() }
-
-// File is an open regular file. Reads and writes take explicit offsets and
-// may run concurrently.
-type File struct {
-	f    *os.File
-	name string
-}
-
-// Name returns the virtual path the file was opened by.
-func (f *File) Name() string { return f.name }
-
-// ReadAt reads len(p) bytes at off; io.EOF marks the end of the file.
-func (f *File) ReadAt(p []byte, off int64) (int, error) {
-	n, err := f.f.ReadAt(p, off)
-	if err != nil && err != io.EOF {
-		err = wrap("read", f.name, err)
-	}
-	return n, err
-}
-
-// WriteAt writes p at off.
-func (f *File) WriteAt(p []byte, off int64) (int, error) {
-	n, err := f.f.WriteAt(p, off)
-	return n, wrap("write", f.name, err)
-}
-
-// Stat describes the open file.
-func (f *File) Stat() (fs.FileInfo, error) {
-	fi, err := f.f.Stat()
-	return fi, wrap("stat", f.name, err)
-}
-
-// Close closes the file.
-func (f *File) Close() error {
-	return wrap("close", f.name, f.f.Close())
-}

@@ -59,7 +59,7 @@ func FuzzRel(f *testing.F) {
 func newFS(t *testing.T) (*FS, string) {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "home")
-	f, err := Open(dir)
+	f, err := Open(dir, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ type Config struct {
 	Homes    string `toml:"homes"`
 	HostKeys string `toml:"host_keys"`
 	Users    string `toml:"users"`
+	Fsync    bool   `toml:"fsync"`
 }
 
 func defaultConfig() Config {

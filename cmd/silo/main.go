@@ -28,6 +28,7 @@ const usage = `usage:
   silo user del NAME
   silo user list
   silo user show NAME
+  silo user rescan NAME
   silo version
 Every command takes --config FILE (default ./config.toml).
 `

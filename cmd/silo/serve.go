@@ -61,7 +61,7 @@ func serve(args []string, stderr io.Writer) error {
 	if err := os.MkdirAll(cfg.Homes, 0o700); err != nil {
 		return fmt.Errorf("homes: %w", err)
 	}
-	srv, err := sshd.New(sshd.Config{HostSigners: signers, Users: store, Homes: cfg.Homes, Logger: log})
+	srv, err := sshd.New(sshd.Config{HostSigners: signers, Users: store, Homes: cfg.Homes, Fsync: cfg.Fsync, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -79,7 +79,7 @@ func serve(args []string, stderr io.Writer) error {
 			return
 		}
 		log.Info("users reloaded", "users", store.Len())
-		srv.UsersRemoved(removed)
+		srv.Reloaded(removed)
 	}
 	go store.Watch(ctx, usersPollInterval, reloaded)
 	hup := make(chan os.Signal, 1)

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"silo/users"
+	"silo/vfs"
 )
 
 // stringList is a repeatable flag.
@@ -42,7 +43,7 @@ func userCmd(sub string, args []string, stdin io.Reader, stdout io.Writer) error
 		home = fs.String("home", "", "home directory (default: homes/NAME)")
 	case "passwd":
 		pwStdin = fs.Bool("password-stdin", false, "read the password from the first line of stdin")
-	case "del", "show":
+	case "del", "show", "rescan":
 	case "list":
 		nargs = 0
 	default:
@@ -137,11 +138,31 @@ func userCmd(sub string, args []string, stdin io.Reader, stdout io.Writer) error
 			return err
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tLOGIN\tQUOTA\tMAX FILES\tHOME")
+		fmt.Fprintln(tw, "NAME\tLOGIN\tUSED\tQUOTA\tFILES\tMAX FILES\tHOME")
 		for _, u := range f.Users {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", u.Name, loginMethods(u), quotaString(u.Quota), countString(u.MaxFiles), u.HomeDir(cfg.Homes))
+			used := homeUsage(u.HomeDir(cfg.Homes))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", u.Name, loginMethods(u), used.bytes, quotaString(u.Quota),
+				used.files, countString(u.MaxFiles), u.HomeDir(cfg.Homes))
 		}
 		return tw.Flush()
+	case "rescan":
+		if err := users.Update(cfg.Users, func(f *users.File) error {
+			i := f.Find(name)
+			if i < 0 {
+				return fmt.Errorf("no user %s", name)
+			}
+			f.Users[i].Rescan++
+			return nil
+		}); err != nil {
+			return err
+		}
+		f, err := users.Load(cfg.Users)
+		if err != nil {
+			return err
+		}
+		u := f.Users[f.Find(name)]
+		used := homeUsage(u.HomeDir(cfg.Homes))
+		fmt.Fprintf(stdout, "%s uses %s in %s files; a running server recounts within a second\n", name, used.bytes, used.files)
 	case "show":
 		f, err := users.Load(cfg.Users)
 		if err != nil {
@@ -160,8 +181,9 @@ func userCmd(sub string, args []string, stdin io.Reader, stdout io.Writer) error
 			k, comment, _, _, _ := ssh.ParseAuthorizedKey([]byte(line))
 			fmt.Fprintf(tw, "\t%s %s %s\n", k.Type(), ssh.FingerprintSHA256(k), comment)
 		}
-		fmt.Fprintf(tw, "quota:\t%s\n", quotaString(u.Quota))
-		fmt.Fprintf(tw, "max files:\t%s\n", countString(u.MaxFiles))
+		used := homeUsage(u.HomeDir(cfg.Homes))
+		fmt.Fprintf(tw, "used:\t%s of %s\n", used.bytes, quotaString(u.Quota))
+		fmt.Fprintf(tw, "files:\t%s of %s\n", used.files, countString(u.MaxFiles))
 		fmt.Fprintf(tw, "home:\t%s\n", u.HomeDir(cfg.Homes))
 		return tw.Flush()
 	}
@@ -206,6 +228,21 @@ func readKeys(arg string) ([]string, error) {
 		return nil, errors.New("no public key found")
 	}
 	return keys, nil
+}
+
+type usageText struct{ bytes, files string }
+
+// homeUsage reads a home's usage from disk for display; a home not created yet
+// holds nothing.
+func homeUsage(home string) usageText {
+	u, err := vfs.Scan(home)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return usageText{"0 B", "0"}
+	case err != nil:
+		return usageText{"?", "?"}
+	}
+	return usageText{users.HumanBytes(u.Bytes), strconv.FormatInt(u.Files, 10)}
 }
 
 func loginMethods(u users.User) string {

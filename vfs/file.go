@@ -1,0 +1,557 @@
+package vfs
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"io"
+	"io/fs"
+	"os"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ErrBusy: another session is writing the file.
+var ErrBusy = errors.New("file is being written by another session")
+
+// maxFileSize bounds offsets and sizes; past it, arithmetic could overflow.
+const maxFileSize = 1 << 62
+
+// maxHeldBack bounds the out-of-order write data a file holds in memory
+// (see writer). OpenSSH's sftp has at most 64 requests of 255 KiB in
+// flight; a client that writes further ahead gets its writes in place,
+// holes and all.
+const maxHeldBack = 32 << 20
+
+// fileID identifies a file across renames.
+type fileID struct{ dev, ino uint64 }
+
+func idOf(fi fs.FileInfo) fileID {
+	st := fi.Sys().(*syscall.Stat_t)
+	return fileID{uint64(st.Dev), st.Ino}
+}
+
+// File is an open regular file. Reads and writes take explicit offsets and
+// may run concurrently.
+type File struct {
+	f    *os.File
+	name string
+	w    *writer // nil unless open for writing
+}
+
+// Name returns the virtual path the file was opened by.
+func (f *File) Name() string { return f.name }
+
+// OpenFile opens a regular file. flag takes os.O_RDONLY, O_WRONLY, O_RDWR,
+// O_CREATE, O_EXCL and O_TRUNC; O_APPEND is ignored, because writes always go
+// to the offset the caller gives. Directories, FIFOs, sockets and devices are
+// refused without blocking.
+//
+// Opened for writing, a file is one of three kinds:
+//   - new (it did not exist): written in place, counted as one more file
+//     from the start; a failed upload leaves what arrived, to be resumed;
+//   - resumed (existing, no O_TRUNC): written in place; a failure keeps what
+//     was there and what arrived;
+//   - overwritten (existing, O_TRUNC): written to a hidden temp file beside
+//     it, which replaces it only when Close succeeds. Until then the old file
+//     still counts, and the new one may use the space the old one will give
+//     back.
+//
+// A file has one writer at a time: opening one that is being written fails
+// with ErrBusy.
+func (f *FS) OpenFile(name string, flag int) (*File, error) {
+	r, err := f.rel(name)
+	if err != nil {
+		return nil, wrap("open", name, err)
+	}
+	flag &= os.O_RDONLY | os.O_WRONLY | os.O_RDWR | os.O_CREATE | os.O_EXCL | os.O_TRUNC
+	if flag&(os.O_WRONLY|os.O_RDWR) == 0 {
+		flag &^= os.O_CREATE | os.O_EXCL | os.O_TRUNC
+		osf, err := f.openRegular(r, flag)
+		if err != nil {
+			return nil, wrap("open", name, err)
+		}
+		return &File{f: osf, name: Clean(name)}, nil
+	}
+	file, err := f.openWrite(r, name, flag)
+	return file, wrap("open", name, err)
+}
+
+// openRegular opens r and makes sure it is a regular file.
+func (f *FS) openRegular(r string, flag int) (*os.File, error) {
+	// O_NONBLOCK: opening a FIFO must not wait for a peer.
+	osf, err := f.root.OpenFile(r, flag|unix.O_NONBLOCK|unix.O_CLOEXEC, fileMode)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := osf.Stat()
+	if err == nil && !fi.Mode().IsRegular() {
+		err = ErrNotRegular
+		if fi.IsDir() {
+			err = ErrIsDir
+		}
+	}
+	if err != nil {
+		osf.Close()
+		return nil, err
+	}
+	return osf, nil
+}
+
+func (f *FS) openWrite(r, name string, flag int) (*File, error) {
+	access := flag & (os.O_WRONLY | os.O_RDWR)
+	osf, err := f.openRegular(r, access)
+	switch {
+	case err == nil && flag&os.O_CREATE != 0 && flag&os.O_EXCL != 0:
+		osf.Close()
+		return nil, syscall.EEXIST
+	case err == nil && flag&os.O_TRUNC != 0:
+		return f.openOverwrite(r, name, osf, access)
+	case err == nil:
+		return f.register(osf, name)
+	case errors.Is(err, fs.ErrNotExist) && flag&os.O_CREATE != 0:
+		if err := f.reserve(0, 1); err != nil {
+			return nil, err
+		}
+		osf, err = f.openRegular(r, access|os.O_CREATE|os.O_EXCL)
+		if err != nil {
+			f.adjust(0, -1)
+			return nil, err
+		}
+		return f.register(osf, name)
+	}
+	return nil, err
+}
+
+// register makes osf, written in place, the file's one writer. A file just
+// created is new, so it cannot be busy.
+func (f *FS) register(osf *os.File, name string) (*File, error) {
+	fi, err := osf.Stat()
+	if err == nil {
+		w := &writer{fs: f, f: osf, id: idOf(fi), size: fi.Size(), hw: fi.Size()}
+		if err = f.addWriter(w); err == nil {
+			return &File{f: osf, name: Clean(name), w: w}, nil
+		}
+	}
+	osf.Close()
+	return nil, err
+}
+
+// openOverwrite starts an overwrite of the file open as orig: the new
+// content goes to a temp file in the same directory.
+func (f *FS) openOverwrite(r, name string, orig *os.File, access int) (*File, error) {
+	defer orig.Close()
+	fi, err := orig.Stat()
+	if err != nil {
+		return nil, err
+	}
+	lfi, err := f.root.Lstat(r)
+	if err != nil {
+		return nil, err
+	}
+	if lfi.Mode()&fs.ModeSymlink != 0 {
+		// Replacing the path would replace the link, not its target:
+		// truncate the target in place instead.
+		osf, err := f.openRegular(r, access)
+		if err != nil {
+			return nil, err
+		}
+		file, err := f.register(osf, name)
+		if err != nil {
+			return nil, err
+		}
+		if err := file.w.truncate(0); err != nil {
+			file.Close()
+			return nil, err
+		}
+		return file, nil
+	}
+	dir, base, err := f.parent(r)
+	if err != nil {
+		return nil, err
+	}
+	var tmp *os.File
+	var tname string
+	for range 5 {
+		var rnd [8]byte
+		rand.Read(rnd[:])
+		tname = tempPrefix + hex.EncodeToString(rnd[:])
+		fd, err := unix.Openat(int(dir.Fd()), tname, access|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, uint32(fi.Mode().Perm()))
+		if err == nil {
+			tmp = os.NewFile(uintptr(fd), tname)
+			break
+		}
+		if err != unix.EEXIST {
+			dir.Close()
+			return nil, err
+		}
+	}
+	if tmp == nil {
+		dir.Close()
+		return nil, syscall.EEXIST
+	}
+	w := &writer{fs: f, f: tmp, id: idOf(fi), credit: fi.Size(), dir: dir, temp: tname, base: base}
+	if err := f.addWriter(w); err != nil {
+		w.discard()
+		return nil, err
+	}
+	return &File{f: tmp, name: Clean(name), w: w}, nil
+}
+
+func (f *FS) addWriter(w *writer) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.writers[w.id] != nil {
+		return ErrBusy
+	}
+	f.writers[w.id] = w
+	return nil
+}
+
+// writerOf returns the writer of the file at r (following links), if any.
+func (f *FS) writerOf(r string) *writer {
+	fi, err := f.root.Stat(r)
+	if err != nil || !fi.Mode().IsRegular() {
+		return nil
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.writers[idOf(fi)]
+}
+
+// busy reports whether the entry at r itself (not following a final link)
+// is a file being written.
+func (f *FS) busy(r string) bool {
+	fi, err := f.root.Lstat(r)
+	if err != nil || !fi.Mode().IsRegular() {
+		return false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.writers[idOf(fi)] != nil
+}
+
+// ReadAt reads len(p) bytes at off; io.EOF marks the end of the file.
+func (f *File) ReadAt(p []byte, off int64) (int, error) {
+	if f.w != nil {
+		f.w.flushHeld()
+	}
+	n, err := f.f.ReadAt(p, off)
+	if err != nil && err != io.EOF {
+		err = wrap("read", f.name, err)
+	}
+	return n, err
+}
+
+// WriteAt writes p at off, if the quota has room for the growth.
+func (f *File) WriteAt(p []byte, off int64) (int, error) {
+	if f.w == nil {
+		return 0, wrap("write", f.name, syscall.EBADF)
+	}
+	n, err := f.w.writeAt(p, off)
+	return n, wrap("write", f.name, err)
+}
+
+// Truncate sets the size of a file open for writing.
+func (f *File) Truncate(size int64) error {
+	if f.w == nil {
+		return wrap("truncate", f.name, syscall.EBADF)
+	}
+	return wrap("truncate", f.name, f.w.truncate(size))
+}
+
+// Stat describes the open file.
+func (f *File) Stat() (fs.FileInfo, error) {
+	fi, err := f.f.Stat()
+	return fi, wrap("stat", f.name, err)
+}
+
+// Abort marks an upload as broken off (the client went away): Close then
+// keeps only what arrived in order, and an overwrite leaves the old file.
+func (f *File) Abort() {
+	if f.w != nil {
+		f.w.mu.Lock()
+		f.w.aborted = true
+		f.w.mu.Unlock()
+	}
+}
+
+// Close finishes the file. For an overwrite, it is the moment the new
+// content replaces the old; if any write failed, or the upload was aborted,
+// the old file stays as it was and Close reports the failure.
+func (f *File) Close() error {
+	if f.w == nil {
+		return wrap("close", f.name, f.f.Close())
+	}
+	return wrap("close", f.name, f.w.close())
+}
+
+// writer is the state of a file open for writing. Its writes are accounted
+// against the quota by the growth they cause, and put on disk in order: a
+// write that arrives ahead of a gap (pkg/sftp runs several at once) is held
+// back until the gap is filled, so that the file on disk is always a prefix
+// of what the client sent, even if silo is killed.
+type writer struct {
+	fs *FS
+	f  *os.File
+	id fileID // of the file written, or, for an overwrite, of the file replaced
+
+	// Overwrite: the temp file's directory and name, and the name it
+	// replaces.
+	dir        *os.File
+	temp, base string
+	credit     int64 // the replaced file's size, which counts already
+
+	mu      sync.Mutex
+	size    int64 // apparent size, as accounted
+	hw      int64 // [0, hw) holds the client's data without holes
+	held    []span
+	heldN   int64
+	aborted bool  // the client went away
+	err     error // the first write failure
+	closed  bool
+}
+
+type span struct {
+	off  int64
+	data []byte
+}
+
+// charge is what a file of size bytes counts against the quota beyond what
+// already counts: all of it in place, the excess over the replaced file for
+// an overwrite.
+func (w *writer) charge(size int64) int64 {
+	return max(0, size-w.credit)
+}
+
+// inflight is what the writer counts that a scan of the disk does not see:
+// growth reserved beyond the size on disk, or an overwrite's whole charge.
+func (w *writer) inflight() int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.temp != "" {
+		return w.charge(w.size)
+	}
+	fi, err := w.f.Stat()
+	if err != nil {
+		return 0
+	}
+	return max(0, w.size-fi.Size())
+}
+
+// grow accounts the file's apparent size growing to end.
+func (w *writer) grow(end int64) error {
+	if end <= w.size {
+		return nil
+	}
+	if err := w.fs.reserve(w.charge(end)-w.charge(w.size), 0); err != nil {
+		return err
+	}
+	w.size = end
+	return nil
+}
+
+// shrink accounts the size falling to size.
+func (w *writer) shrink(size int64) {
+	if size < w.size {
+		w.fs.adjust(w.charge(size)-w.charge(w.size), 0)
+		w.size = size
+	}
+}
+
+func (w *writer) writeAt(p []byte, off int64) (int, error) {
+	end := off + int64(len(p))
+	if off < 0 || end > maxFileSize || end < off {
+		return 0, syscall.EFBIG
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return 0, os.ErrClosed
+	}
+	if err := w.grow(end); err != nil {
+		w.fail(err)
+		return 0, err
+	}
+	if off > w.hw && w.heldN+int64(len(p)) <= maxHeldBack {
+		// pkg/sftp reuses p once this returns: hold a copy.
+		i, _ := slices.BinarySearchFunc(w.held, off, func(s span, off int64) int { return cmpInt(s.off, off) })
+		w.held = slices.Insert(w.held, i, span{off, slices.Clone(p)})
+		w.heldN += int64(len(p))
+		return len(p), nil
+	}
+	n, err := w.f.WriteAt(p, off)
+	if err != nil {
+		w.fail(err)
+		return n, err
+	}
+	if off <= w.hw && end > w.hw {
+		w.hw = end
+		if err := w.drain(false); err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+func cmpInt(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// drain writes the held-back spans that now join the prefix, or with all,
+// every one of them.
+func (w *writer) drain(all bool) error {
+	for len(w.held) > 0 && (all || w.held[0].off <= w.hw) {
+		s := w.held[0]
+		w.held = w.held[1:]
+		w.heldN -= int64(len(s.data))
+		if _, err := w.f.WriteAt(s.data, s.off); err != nil {
+			w.fail(err)
+			return err
+		}
+		if s.off <= w.hw {
+			w.hw = max(w.hw, s.off+int64(len(s.data)))
+		}
+	}
+	return nil
+}
+
+// flushHeld puts held-back writes on disk before a read on the same handle.
+func (w *writer) flushHeld() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.drain(true)
+}
+
+func (w *writer) fail(err error) {
+	if w.err == nil {
+		w.err = err
+	}
+}
+
+// truncate sets the size: setstat or fsetstat of a file being written.
+func (w *writer) truncate(size int64) error {
+	if size < 0 || size > maxFileSize {
+		return syscall.EINVAL
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := w.grow(size); err != nil {
+		return err
+	}
+	if err := w.f.Truncate(size); err != nil {
+		return err
+	}
+	w.shrink(size)
+	w.hw = min(w.hw, size)
+	kept := w.held[:0]
+	for _, s := range w.held {
+		if s.off < size {
+			s.data = s.data[:min(int64(len(s.data)), size-s.off)]
+			kept = append(kept, s)
+		} else {
+			w.heldN -= int64(len(s.data))
+		}
+	}
+	w.held = kept
+	return nil
+}
+
+// chmod and chtimes act on the file being written (for an overwrite, the
+// new content), so that fsetstat before close is not lost.
+func (w *writer) chmod(mode fs.FileMode) error { return w.f.Chmod(mode) }
+
+func (w *writer) chtimes(atime, mtime time.Time) error {
+	tv := []unix.Timeval{unix.NsecToTimeval(atime.UnixNano()), unix.NsecToTimeval(mtime.UnixNano())}
+	return unix.Futimes(int(w.f.Fd()), tv)
+}
+
+func (w *writer) close() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return os.ErrClosed
+	}
+	w.closed = true
+	defer func() {
+		w.fs.mu.Lock()
+		delete(w.fs.writers, w.id)
+		w.fs.mu.Unlock()
+	}()
+	broken := w.aborted || w.err != nil
+	if !broken {
+		w.drain(true)
+		broken = w.err != nil
+	}
+	w.held, w.heldN = nil, 0
+	if w.temp != "" && broken {
+		w.discard()
+		if w.err != nil {
+			return w.err
+		}
+		return errAborted
+	}
+	// The size on disk settles the account: held-back data that was
+	// dropped, or writes that failed, reserved more than was written.
+	var err error
+	if fi, serr := w.f.Stat(); serr == nil {
+		disk := fi.Size()
+		w.fs.adjust(w.charge(disk)-w.charge(w.size), 0)
+		w.size = disk
+		if fi.Sys().(*syscall.Stat_t).Nlink == 0 && w.temp == "" {
+			// Removed while open (only possible outside silo): it counts
+			// no more.
+			w.fs.adjust(-w.size, -1)
+		}
+	}
+	if w.fs.fsync {
+		err = w.f.Sync()
+	}
+	if cerr := w.f.Close(); err == nil {
+		err = cerr
+	}
+	if w.temp == "" {
+		if err == nil {
+			err = w.err
+		}
+		return err
+	}
+	defer w.dir.Close()
+	if err != nil {
+		unix.Unlinkat(int(w.dir.Fd()), w.temp, 0)
+		w.fs.adjust(-w.charge(w.size), 0)
+		return err
+	}
+	// The temp file takes the old one's place: the old file's bytes no
+	// longer count, the new file's all do.
+	if err := unix.Renameat(int(w.dir.Fd()), w.temp, int(w.dir.Fd()), w.base); err != nil {
+		unix.Unlinkat(int(w.dir.Fd()), w.temp, 0)
+		w.fs.adjust(-w.charge(w.size), 0)
+		return err
+	}
+	w.fs.adjust(w.size-w.credit-w.charge(w.size), 0)
+	if w.fs.fsync {
+		return w.dir.Sync()
+	}
+	return nil
+}
+
+var errAborted = errors.New("upload aborted; the file is unchanged")
+
+// discard drops an overwrite's temp file and its charge.
+func (w *writer) discard() {
+	w.f.Close()
+	unix.Unlinkat(int(w.dir.Fd()), w.temp, 0)
+	w.dir.Close()
+	w.fs.adjust(-w.charge(w.size), 0)
+}

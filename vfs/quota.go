@@ -1,0 +1,182 @@
+package vfs
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"regexp"
+	"strings"
+)
+
+// Limits caps a home: Bytes of apparent file size, Files regular files and
+// symbolic links. Zero means unlimited.
+type Limits struct {
+	Bytes, Files int64
+}
+
+// Usage is what a home holds: the sum of the apparent sizes (st_size) of its
+// regular files, and the count of its regular files and symbolic links.
+// Directories count for nothing.
+type Usage struct {
+	Bytes, Files int64
+}
+
+// QuotaError is returned when an operation would take a home past its
+// limits. It matches ErrQuotaExceeded or ErrFileLimit with errors.Is.
+type QuotaError struct {
+	Files bool  // the file count, not the bytes, is at its limit
+	Left  int64 // bytes (or files) still free
+	Limit int64
+}
+
+// ErrQuotaExceeded and ErrFileLimit are the two kinds of QuotaError.
+var (
+	ErrQuotaExceeded = errors.New("quota exceeded")
+	ErrFileLimit     = errors.New("file limit reached")
+)
+
+func (e *QuotaError) Error() string {
+	if e.Files {
+		return fmt.Sprintf("file limit reached: %d files", e.Limit)
+	}
+	return fmt.Sprintf("quota exceeded: %d bytes left", e.Left)
+}
+
+func (e *QuotaError) Is(target error) bool {
+	return target == ErrQuotaExceeded && !e.Files || target == ErrFileLimit && e.Files
+}
+
+// The accounting. Invariant: used counts every byte and file in the home,
+// plus the growth that writes in flight have reserved, and never passes the
+// limits. Everything that can grow usage reserves first, under mu; what
+// shrinks it releases.
+
+// reserve adds bytes and files to the usage if the limits allow it.
+func (f *FS) reserve(bytes, files int64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.limits.Files > 0 && files > 0 && f.used.Files+files > f.limits.Files {
+		return &QuotaError{Files: true, Left: max(0, f.limits.Files-f.used.Files), Limit: f.limits.Files}
+	}
+	if f.limits.Bytes > 0 && bytes > 0 && f.used.Bytes+bytes > f.limits.Bytes {
+		return &QuotaError{Left: max(0, f.limits.Bytes-f.used.Bytes), Limit: f.limits.Bytes}
+	}
+	f.used.Bytes += bytes
+	f.used.Files += files
+	return nil
+}
+
+// adjust changes the usage without a check: negative to give back what was
+// freed, positive only for a correction found on disk.
+func (f *FS) adjust(bytes, files int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.used.Bytes = max(0, f.used.Bytes+bytes)
+	f.used.Files = max(0, f.used.Files+files)
+}
+
+// Usage returns the home's current usage, writes in flight included.
+func (f *FS) Usage() Usage {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.used
+}
+
+// Limits returns the home's limits.
+func (f *FS) Limits() Limits {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.limits
+}
+
+// SetLimits changes the limits. Usage already over a lowered limit stays;
+// only growth is refused.
+func (f *FS) SetLimits(l Limits) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.limits = l
+}
+
+// Rescan recomputes the usage from disk, for files changed outside silo.
+// Files open for writing count with what they have reserved.
+func (f *FS) Rescan() error {
+	u, err := scan(f.root, false)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	writers := make([]*writer, 0, len(f.writers))
+	for _, w := range f.writers {
+		writers = append(writers, w)
+	}
+	f.mu.Unlock()
+	for _, w := range writers {
+		u.Bytes += w.inflight()
+	}
+	f.mu.Lock()
+	f.used = u
+	f.mu.Unlock()
+	return nil
+}
+
+// Scan computes the usage of the home at dir without changing anything, for
+// reports when no server holds the home.
+func Scan(dir string) (Usage, error) {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return Usage{}, err
+	}
+	defer root.Close()
+	return scan(root, false)
+}
+
+// tempRE matches the names of overwrite temp files. Each is created beside
+// the file it replaces and renamed over it when the upload completes, so one
+// that is still there when a home is opened is from a crash: the file it
+// was to replace is intact, and the temp file is removed.
+var tempRE = regexp.MustCompile(`^\.silo-tmp\.[0-9a-f]{16}$`)
+
+const tempPrefix = ".silo-tmp."
+
+// scan walks the home without following links. With clean, it removes
+// stale temp files; without, it leaves them out of the count.
+func scan(root *os.Root, clean bool) (Usage, error) {
+	var u Usage
+	err := fs.WalkDir(root.FS(), ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		switch {
+		case d.Type().IsRegular():
+			if tempRE.MatchString(d.Name()) {
+				if clean {
+					return root.Remove(p)
+				}
+				return nil
+			}
+			fi, err := d.Info()
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			u.Bytes += fi.Size()
+			u.Files++
+		case d.Type()&fs.ModeSymlink != 0:
+			u.Files++
+		}
+		return nil
+	})
+	if err != nil {
+		return u, fmt.Errorf("scanning home: %w", cause(err))
+	}
+	return u, nil
+}
+
+// reserved reports whether a virtual path names a temp file, or something
+// inside one: such names belong to silo, not to the user.
+func reserved(clean string) bool {
+	return strings.Contains(clean, "/"+tempPrefix)
+}
