@@ -131,7 +131,13 @@ func (s *syncBuffer) String() string {
 
 func startServer(t *testing.T) *testServer {
 	t.Helper()
-	dir := t.TempDir()
+	return startServerOn(t, t.TempDir())
+}
+
+// startServerOn starts a server whose homes, users file and known_hosts are
+// in dir, which may be another server's, as after a restart.
+func startServerOn(t *testing.T, dir string) *testServer {
+	t.Helper()
 	ts := &testServer{t: t, dir: dir, homes: filepath.Join(dir, "homes"), usersFile: filepath.Join(dir, "users.toml"), logs: &syncBuffer{}}
 	log := slog.New(slog.NewTextHandler(ts.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	var err error

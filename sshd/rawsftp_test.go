@@ -179,6 +179,19 @@ func (s *rawSFTP) write(handle string, off uint64, data string) reply {
 	return s.call(fxpWrite, str(handle), u64(off), str(data))
 }
 
+// writeAll writes data at off in requests of 255 KiB, and returns the
+// first failure, or the last reply.
+func (s *rawSFTP) writeAll(handle string, off uint64, data []byte) reply {
+	var r reply
+	for i := 0; i < len(data); i += 255 << 10 {
+		r = s.write(handle, off+uint64(i), string(data[i:min(len(data), i+255<<10)]))
+		if !r.ok() {
+			return r
+		}
+	}
+	return r
+}
+
 func (s *rawSFTP) extended(name string, parts ...[]byte) reply {
 	return s.call(fxpExtended, append([][]byte{str(name)}, parts...)...)
 }

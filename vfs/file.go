@@ -446,6 +446,13 @@ func (w *writer) truncate(size int64) error {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.err != nil && size < w.hw {
+		// After a failed write, what is on disk is the prefix that
+		// arrived in order, and it stays: OpenSSH's sftp cuts a failed
+		// resume back to the data it sent in this session (to 0 for
+		// reput), which would destroy what was there before.
+		size = w.hw
+	}
 	if err := w.grow(size); err != nil {
 		return err
 	}

@@ -384,3 +384,32 @@ func TestReservedNames(t *testing.T) {
 		}
 	}
 }
+
+// OpenSSH's sftp asks to cut a failed resume back to what it sent in that
+// session (to 0, for reput): what was there before stays.
+func TestTruncateAfterFailedWriteKeepsPrefix(t *testing.T) {
+	f, dir := newQuotaFS(t, Limits{Bytes: 1000})
+	prefix := randBytes(600)
+	put(f, "a", create, prefix, 0)
+	file, _ := f.OpenFile("a", os.O_WRONLY)
+	file.WriteAt(randBytes(100), 600)
+	if _, err := file.WriteAt(randBytes(500), 700); !errors.Is(err, ErrQuotaExceeded) {
+		t.Fatalf("write past the quota: %v", err)
+	}
+	if err := f.Truncate("a", 0); err != nil {
+		t.Fatal(err)
+	}
+	file.Close()
+	got, _ := os.ReadFile(filepath.Join(dir, "a"))
+	if len(got) != 700 || !bytes.Equal(got[:600], prefix) {
+		t.Fatalf("after truncate to 0 following a failed write: %d bytes", len(got))
+	}
+	// Without a failure, truncation does what it is told.
+	if err := f.Truncate("a", 10); err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(filepath.Join(dir, "a")); fi.Size() != 10 {
+		t.Fatalf("size %d", fi.Size())
+	}
+	checkUsage(t, f, dir)
+}
