@@ -4,7 +4,7 @@ BIN     := silo
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: build run test bench clean
+.PHONY: build run test bench crashtest clean
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/silo
@@ -20,6 +20,10 @@ run: build
 test:
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 20m ./...
+
+# SIGKILL silo during 200 MiB uploads, ten times; reput must make each whole.
+crashtest:
+	SILO_CRASHTEST=1 $(GO) test -count=1 -run TestCrashThenReput -v ./cmd/silo
 
 bench: build
 	./scripts/bench.sh

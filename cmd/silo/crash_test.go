@@ -1,0 +1,93 @@
+package main
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// TestCrashThenReput kills silo with SIGKILL in the middle of a 200 MiB
+// upload with 64 requests in flight, ten times: each time the partial file
+// must be a prefix of the data sent, and reput after a restart must make it
+// whole. `make crashtest` runs it.
+func TestCrashThenReput(t *testing.T) {
+	if os.Getenv("SILO_CRASHTEST") == "" {
+		t.Skip("slow; run with make crashtest")
+	}
+	if _, err := exec.LookPath("sftp"); err != nil {
+		t.Fatal("needs OpenSSH's sftp")
+	}
+	cfg := writeConfig(t, testConfig)
+	dir := filepath.Dir(cfg)
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	block, _ := ssh.MarshalPrivateKey(priv, "crash")
+	keyFile := filepath.Join(dir, "id")
+	os.WriteFile(keyFile, pem.EncodeToMemory(block), 0o600)
+	signer, _ := ssh.NewSignerFromKey(priv)
+	if _, stderr, code := silo(t, "", "user", "add", "alice", "--key", string(ssh.MarshalAuthorizedKey(signer.PublicKey())), "--config", cfg); code != 0 {
+		t.Fatal(stderr)
+	}
+	data := make([]byte, 200<<20)
+	rand.Read(data)
+	local := filepath.Join(t.TempDir(), "data")
+	os.WriteFile(local, data, 0o644)
+	remote := filepath.Join(dir, "homes", "alice", "big")
+
+	sftpCmd := func(addr, batch string) *exec.Cmd {
+		port := addr[strings.LastIndexByte(addr, ':')+1:]
+		cmd := exec.Command("sftp", "-F", "/dev/null", "-R", "64", "-P", port, "-i", keyFile,
+			"-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "IdentityAgent=none",
+			"-o", "LogLevel=ERROR", "-b", "-", "alice@127.0.0.1")
+		cmd.Stdin = strings.NewReader(batch)
+		return cmd
+	}
+	for round := range 10 {
+		os.Remove(remote)
+		s := startSilo(t, cfg)
+		put := sftpCmd(s.addr, fmt.Sprintf("put %s big\n", local))
+		if err := put.Start(); err != nil {
+			t.Fatal(err)
+		}
+		// Kill once some data is on disk, at a random point after that.
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			if fi, err := os.Stat(remote); err == nil && fi.Size() > 0 {
+				break
+			}
+		}
+		n, _ := rand.Int(rand.Reader, big.NewInt(150))
+		time.Sleep(time.Duration(n.Int64()) * time.Millisecond)
+		s.cmd.Process.Signal(syscall.SIGKILL)
+		s.cmd.Wait()
+		put.Wait()
+
+		got, err := os.ReadFile(remote)
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		if !bytes.Equal(got, data[:len(got)]) {
+			t.Fatalf("round %d: the %d bytes left by the crash are not a prefix of what was sent", round, len(got))
+		}
+		s2 := startSilo(t, cfg)
+		if out, err := sftpCmd(s2.addr, fmt.Sprintf("reput %s big\n", local)).CombinedOutput(); err != nil {
+			t.Fatalf("round %d: reput: %v\n%s", round, err, out)
+		}
+		if got, _ := os.ReadFile(remote); !bytes.Equal(got, data) {
+			t.Fatalf("round %d: after reput the file differs (%d bytes)", round, len(got))
+		}
+		t.Logf("round %d: killed at %d of %d bytes; reput made it whole", round, len(got), len(data))
+		s2.cmd.Process.Signal(syscall.SIGTERM)
+		s2.cmd.Wait()
+	}
+}
