@@ -192,6 +192,17 @@ func (s *rawSFTP) writeAll(handle string, off uint64, data []byte) reply {
 	return r
 }
 
+// statvfs returns the size and free bytes statvfs@openssh.com reports.
+func (s *rawSFTP) statvfs() (size, free uint64) {
+	s.t.Helper()
+	r := s.extended("statvfs@openssh.com", str("/"))
+	if r.typ != 201 || len(r.body) != 88 {
+		s.t.Fatalf("statvfs: type %d, %d bytes", r.typ, len(r.body))
+	}
+	field := func(i int) uint64 { return binary.BigEndian.Uint64(r.body[8*i:]) }
+	return field(2) * field(1), field(4) * field(1) // blocks, bavail in frsize units
+}
+
 func (s *rawSFTP) extended(name string, parts ...[]byte) reply {
 	return s.call(fxpExtended, append([][]byte{str(name)}, parts...)...)
 }

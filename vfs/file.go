@@ -1,6 +1,7 @@
 package vfs
 
 import (
+	"cmp"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -120,6 +121,11 @@ func (f *FS) openWrite(r, name string, flag int) (*File, error) {
 		osf, err = f.openRegular(r, access|os.O_CREATE|os.O_EXCL)
 		if err != nil {
 			f.adjust(0, -1)
+			if errors.Is(err, fs.ErrExist) && flag&os.O_EXCL == 0 {
+				// Another session created it meanwhile: open it as
+				// existing (which finds it busy, or takes it over).
+				return f.openWrite(r, name, flag&^os.O_CREATE)
+			}
 			return nil, err
 		}
 		return f.register(osf, name)
@@ -379,7 +385,7 @@ func (w *writer) writeAt(p []byte, off int64) (int, error) {
 	}
 	if off > w.hw && w.heldN+int64(len(p)) <= maxHeldBack {
 		// pkg/sftp reuses p once this returns: hold a copy.
-		i, _ := slices.BinarySearchFunc(w.held, off, func(s span, off int64) int { return cmpInt(s.off, off) })
+		i, _ := slices.BinarySearchFunc(w.held, off, func(s span, off int64) int { return cmp.Compare(s.off, off) })
 		w.held = slices.Insert(w.held, i, span{off, slices.Clone(p)})
 		w.heldN += int64(len(p))
 		return len(p), nil
@@ -396,16 +402,6 @@ func (w *writer) writeAt(p []byte, off int64) (int, error) {
 		}
 	}
 	return n, nil
-}
-
-func cmpInt(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // drain writes the held-back spans that now join the prefix, or with all,

@@ -353,13 +353,12 @@ func (f *FS) StatFS() (unix.Statfs_t, error) {
 	l, u := f.limits, f.used
 	f.mu.Unlock()
 	if l.Bytes > 0 {
-		bs := uint64(st.Frsize)
-		if bs == 0 {
-			bs = uint64(st.Bsize)
-		}
+		// Fragments of one byte make the figures exact: f_blocks and
+		// f_bfree are in units of f_frsize.
 		free := uint64(max(0, l.Bytes-u.Bytes))
-		st.Blocks = uint64(l.Bytes) / bs
-		st.Bfree, st.Bavail = free/bs, free/bs
+		st.Frsize = 1
+		st.Blocks = uint64(l.Bytes)
+		st.Bfree, st.Bavail = free, free
 	}
 	if l.Files > 0 {
 		st.Files = uint64(l.Files)
