@@ -413,3 +413,21 @@ func TestTruncateAfterFailedWriteKeepsPrefix(t *testing.T) {
 	}
 	checkUsage(t, f, dir)
 }
+
+func TestFsyncOption(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "home")
+	f, err := Open(dir, Options{Fsync: true, Limits: Limits{Bytes: 1 << 20}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, data := range [][]byte{randBytes(1000), randBytes(3000)} { // new, then overwrite
+		if err := put(f, "a", create, data, 0); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := os.ReadFile(filepath.Join(dir, "a")); !bytes.Equal(got, data) {
+			t.Fatal("content differs")
+		}
+	}
+	checkUsage(t, f, dir)
+}
