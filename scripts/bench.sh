@@ -3,7 +3,8 @@
 # this machine, in the same run, with ../shared/bench/compare.sh. Prints the
 # table of medians and silo/OpenSSH ratios.
 # Then, unless FSYNC_RUN=0, the put workloads again with silo's fsync = true,
-# the cost of durable uploads.
+# the cost of durable uploads; and, unless HASH_RUN=0, `ssh silo md5sum` (and
+# the other checksum commands) against GNU coreutils on the same 1 GiB file.
 #   Env: ROUNDS (default 5), ONLY (workload regex), SHARED (default ../shared),
 #        SILO_BENCH_PORT (default 2023); anything compare.sh takes.
 # Needs root (the reference sshd) and a built ./silo.
@@ -54,4 +55,26 @@ if [[ ${FSYNC_RUN:-1} != 0 ]]; then
   start_silo true
   echo "## fsync = true (put workloads)"
   ONLY=${ONLY:-put} compare
+fi
+
+if [[ ${HASH_RUN:-1} != 0 ]]; then
+  start_silo false
+  echo "## checksums of a 1 GiB file: silo (over ssh) against GNU coreutils (local)"
+  mkdir -p "$work/homes/bench"
+  head -c $((1 << 30)) /dev/urandom >"$work/homes/bench/hash.bin"
+  cat "$work/homes/bench/hash.bin" >/dev/null # both read from the page cache
+  sshb() { ssh -p "$port" -i "$key" -o BatchMode=yes -o StrictHostKeyChecking=no \
+    -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR bench@127.0.0.1 "$@"; }
+  ms() { local s e; s=$(date +%s%N); "$@" >/dev/null; e=$(date +%s%N); echo $(((e - s) / 1000000)); }
+  median() { printf '%s\n' "$@" | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+  printf '%-12s %10s %10s %12s\n' command silo_ms gnu_ms speed_ratio
+  for c in md5sum sha256sum sha1sum sha512sum b2sum; do
+    s=() g=()
+    for ((i = 0; i < ${ROUNDS:-5}; i++)); do
+      s+=("$(ms sshb "$c" hash.bin)")
+      g+=("$(ms "$c" "$work/homes/bench/hash.bin")")
+    done
+    sm=$(median "${s[@]}") gm=$(median "${g[@]}")
+    printf '%-12s %10d %10d %12.2f\n' "$c" "$sm" "$gm" "$(awk -v s="$sm" -v g="$gm" 'BEGIN{print g / s}')"
+  done
 fi

@@ -1,16 +1,17 @@
 package sshd
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"runtime/debug"
-	"sync"
 
 	gssh "github.com/gliderlabs/ssh"
 	"github.com/pkg/sftp"
 	gossh "golang.org/x/crypto/ssh"
 
+	"silo/checksum"
 	"silo/users"
 	"silo/vfs"
 )
@@ -19,13 +20,14 @@ import (
 // program, the sftp subsystem or an exec command, and then reports its exit
 // status and closes.
 type session struct {
+	ctx  context.Context // ends when the channel or the connection closes
 	ch   gossh.Channel
 	user users.User
 	fs   *vfs.FS
 	log  *slog.Logger
 
-	once sync.Once // guards the start of the program
-	done chan struct{}
+	done   chan struct{}
+	cancel context.CancelFunc
 }
 
 // handleSession serves one session channel of an authenticated connection.
@@ -58,7 +60,9 @@ func (s *Server) handleSession(_ *gssh.Server, conn *gossh.ServerConn, nc gossh.
 	if err != nil {
 		return
 	}
-	sess := &session{ch: ch, user: u, fs: fsys, log: log, done: make(chan struct{})}
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sess := &session{ctx: sctx, ch: ch, user: u, fs: fsys, log: log, done: make(chan struct{}), cancel: cancel}
 	defer func() {
 		if p := recover(); p != nil {
 			log.Error("session panic", "panic", p, "stack", string(debug.Stack()))
@@ -99,6 +103,9 @@ func (sess *session) serve(reqs <-chan *gossh.Request) {
 		}
 		req.Reply(ok, nil)
 	}
+	// The channel is closed: a program still running (a hash of a large
+	// file, say) has no one to report to.
+	sess.cancel()
 	if started {
 		<-sess.done
 	}
@@ -152,6 +159,11 @@ func (sess *session) exec(cmdline string) int {
 	if len(args) == 0 {
 		fmt.Fprintln(sess.ch.Stderr(), "silo: no command given")
 		return 127
+	}
+	if checksum.Is(args[0]) {
+		code := checksum.Run(sess.ctx, sess.fs, args[0], args[1:], sess.ch, sess.ch, sess.ch.Stderr())
+		sess.log.Info("command", "command", args[0], "args", len(args)-1, "status", code)
+		return code
 	}
 	sess.log.Info("command not supported", "command", args[0])
 	fmt.Fprintf(sess.ch.Stderr(), "silo: command not supported: %s\n", args[0])
