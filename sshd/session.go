@@ -6,12 +6,14 @@ import (
 	"io"
 	"log/slog"
 	"runtime/debug"
+	"strings"
 
 	gssh "github.com/gliderlabs/ssh"
 	"github.com/pkg/sftp"
 	gossh "golang.org/x/crypto/ssh"
 
 	"silo/checksum"
+	"silo/scp"
 	"silo/users"
 	"silo/vfs"
 )
@@ -163,6 +165,11 @@ func (sess *session) exec(cmdline string) int {
 	if checksum.Is(args[0]) {
 		code := checksum.Run(sess.ctx, sess.fs, args[0], args[1:], sess.ch, sess.ch, sess.ch.Stderr())
 		sess.log.Info("command", "command", args[0], "args", len(args)-1, "status", code)
+		return code
+	}
+	if args[0] == "scp" {
+		code := scp.Run(sess.ctx, sess.fs, args[1:], sess.ch, sess.ch)
+		sess.log.Info("command", "command", "scp", "args", strings.Join(args[1:], " "), "status", code)
 		return code
 	}
 	sess.log.Info("command not supported", "command", args[0])

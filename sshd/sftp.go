@@ -17,7 +17,6 @@ import (
 
 	"github.com/pkg/sftp"
 
-	"silo/users"
 	"silo/vfs"
 )
 
@@ -293,10 +292,8 @@ func (h *sftpHandler) status(err error) error {
 	var what string
 	var qe *vfs.QuotaError
 	switch {
-	case errors.As(err, &qe) && qe.Files:
-		what = fmt.Sprintf("file limit reached: %d files", qe.Limit)
 	case errors.As(err, &qe):
-		what = "quota exceeded: " + users.HumanBytes(qe.Left) + " left"
+		what = qe.Error()
 	case errors.Is(err, vfs.ErrBusy):
 		what = "file is being written by another session: %s"
 	case errors.Is(err, vfs.ErrEscape):

@@ -5,6 +5,8 @@ import (
 	"math"
 	"strconv"
 	"strings"
+
+	"silo/internal/human"
 )
 
 // Size is a number of bytes. In the users file it is an integer or a string
@@ -64,20 +66,4 @@ func (z *Size) UnmarshalTOML(v any) error {
 }
 
 // String formats in binary units with up to one decimal: "1.5 GiB".
-func (z Size) String() string { return HumanBytes(int64(z)) }
-
-// HumanBytes formats n bytes in binary units: "512 B", "1.2 MiB".
-func HumanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	v := float64(n) / float64(div)
-	s := strconv.FormatFloat(math.Floor(v*10)/10, 'f', -1, 64)
-	return s + " " + string("KMGTPE"[exp]) + "iB"
-}
+func (z Size) String() string { return human.Bytes(int64(z)) }

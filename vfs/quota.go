@@ -7,6 +7,8 @@ import (
 	"os"
 	"regexp"
 	"strings"
+
+	"silo/internal/human"
 )
 
 // Limits caps a home: Bytes of apparent file size, Files regular files and
@@ -40,7 +42,7 @@ func (e *QuotaError) Error() string {
 	if e.Files {
 		return fmt.Sprintf("file limit reached: %d files", e.Limit)
 	}
-	return fmt.Sprintf("quota exceeded: %d bytes left", e.Left)
+	return "quota exceeded: " + human.Bytes(e.Left) + " left"
 }
 
 func (e *QuotaError) Is(target error) bool {

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"silo/internal/human"
 	"silo/users"
 	"silo/vfs"
 )
@@ -242,7 +243,7 @@ func homeUsage(home string) usageText {
 	case err != nil:
 		return usageText{"?", "?"}
 	}
-	return usageText{users.HumanBytes(u.Bytes), strconv.FormatInt(u.Files, 10)}
+	return usageText{human.Bytes(u.Bytes), strconv.FormatInt(u.Files, 10)}
 }
 
 func loginMethods(u users.User) string {
