@@ -1,5 +1,12 @@
 package checksum
-import ("testing";"os/exec";"strings";"os")
+
+import (
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
 func TestQuoteLikeGNU(t *testing.T) {
 	names := []string{"plain", "x y", "x!y", `x"y`, "x#y", "#y", "~y", "x~y", "x$y", "x%y", "x&y", "x'y", "x(y", "x*y", "x+y", "x,y", "x:y", "x;y", "x<y", "x=y", "x>y", "x?y", "x@y", "x[y", `x\y`, "x]y", "x^y", "x`y", "x{y", "x|y", "x\ty", "x\ny", "x\x01y", "xéy", "x\x7fy", "x\n", "\nx", "x\n\ny", "x'y z", "x'$y", "x'y!", "x'\ty", "'", "''", "\n", "\x1b"}
 	dir := t.TempDir()
