@@ -3,7 +3,6 @@ package sshd
 import (
 	"errors"
 	"fmt"
-	"net"
 	"slices"
 
 	gssh "github.com/gliderlabs/ssh"
@@ -15,15 +14,6 @@ import (
 // set it, and x/crypto hands a connection the Permissions of the one attempt
 // that succeeded, so it is the only source of identity.
 const extUser = "silo-user"
-
-type rawConnKey struct{}
-
-// acceptConn keeps the raw connection in the context, so that an auth
-// callback can end the connection rather than just fail one attempt.
-func (s *Server) acceptConn(ctx gssh.Context, c net.Conn) net.Conn {
-	ctx.SetValue(rawConnKey{}, c)
-	return newFlushConn(c)
-}
 
 // algorithms is x/crypto's secure set with SHA-1 removed: no
 // diffie-hellman-group14-sha1 or group1, no hmac-sha1, no ssh-rsa (SHA-1)
@@ -47,8 +37,7 @@ func algorithms() gossh.Algorithms {
 // calls it once per connection, so the closures below hold that connection's
 // auth state.
 func (s *Server) serverConfig(ctx gssh.Context) *gossh.ServerConfig {
-	raw, _ := ctx.Value(rawConnKey{}).(net.Conn)
-	a := &connAuth{s: s, raw: raw}
+	a := &connAuth{s: s, ctx: ctx, st: stateOf(ctx)}
 	algs := algorithms()
 	return &gossh.ServerConfig{
 		Config: gossh.Config{
@@ -57,6 +46,7 @@ func (s *Server) serverConfig(ctx gssh.Context) *gossh.ServerConfig {
 			MACs:         algs.MACs,
 		},
 		PublicKeyAuthAlgorithms: algs.PublicKeyAuths,
+		MaxAuthTries:            s.gate.limits().MaxAuthTries,
 		// gliderlabs turns NoClientAuth on when it has no auth handlers of
 		// its own; the callback makes "none" fail whatever it does.
 		NoClientAuth:                true,
@@ -74,7 +64,8 @@ func (s *Server) serverConfig(ctx gssh.Context) *gossh.ServerConfig {
 // the Permissions they return.
 type connAuth struct {
 	s    *Server
-	raw  net.Conn
+	ctx  gssh.Context
+	st   *connState
 	user string
 }
 
@@ -91,16 +82,19 @@ func (a *connAuth) sameUser(c gossh.ConnMetadata) error {
 		return nil
 	}
 	if c.User() != a.user {
-		if a.raw != nil {
-			a.raw.Close()
-		}
+		a.st.raw.Close()
 		return fmt.Errorf("%w: %q then %q", errUserChanged, a.user, c.User())
 	}
 	return nil
 }
 
-func grant(name string) *gossh.Permissions {
-	return &gossh.Permissions{Extensions: map[string]string{extUser: name}}
+// grant logs the connection in as name: the Permissions that carry the
+// identity, once the per-user connection limit allows it.
+func (a *connAuth) grant(name string) (*gossh.Permissions, error) {
+	if err := a.st.login(a.ctx, name); err != nil {
+		return nil, err
+	}
+	return &gossh.Permissions{Extensions: map[string]string{extUser: name}}, nil
 }
 
 func (a *connAuth) none(c gossh.ConnMetadata) (*gossh.Permissions, error) {
@@ -118,7 +112,7 @@ func (a *connAuth) password(c gossh.ConnMetadata, pw []byte) (*gossh.Permissions
 	if err != nil {
 		return nil, err
 	}
-	return grant(u.Name), nil
+	return a.grant(u.Name)
 }
 
 // keyboardInteractive asks one "Password:" question and checks the answer as
@@ -148,14 +142,15 @@ func (a *connAuth) publicKey(c gossh.ConnMetadata, key gossh.PublicKey) (*gossh.
 	if err != nil {
 		return nil, err
 	}
-	return grant(u.Name), nil
+	// Not logged in yet: this may be a query for a key never used.
+	return &gossh.Permissions{Extensions: map[string]string{extUser: u.Name}}, nil
 }
 
 func (a *connAuth) verifiedKey(c gossh.ConnMetadata, key gossh.PublicKey, p *gossh.Permissions, _ string) (*gossh.Permissions, error) {
 	if err := a.sameUser(c); err != nil {
 		return nil, err
 	}
-	return p, nil
+	return a.grant(p.Extensions[extUser])
 }
 
 // logAttempt writes one line per login success or failure, for people and for
@@ -163,6 +158,9 @@ func (a *connAuth) verifiedKey(c gossh.ConnMetadata, key gossh.PublicKey, p *gos
 // worth a line.
 func (a *connAuth) logAttempt(c gossh.ConnMetadata, method string, err error) {
 	attrs := []any{"remote", c.RemoteAddr().String(), "user", c.User(), "method", method}
+	if err != nil && method != "none" {
+		a.st.failedAttempt(err)
+	}
 	switch {
 	case err == nil:
 		a.s.log.Info("login", attrs...)

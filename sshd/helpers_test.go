@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -110,6 +111,8 @@ type testServer struct {
 	port       string
 	knownHosts string
 	logs       *syncBuffer
+	limits     sshd.Limits
+	penalties  sshd.Penalties
 }
 
 type syncBuffer struct {
@@ -134,17 +137,32 @@ func startServer(t *testing.T) *testServer {
 	return startServerOn(t, t.TempDir())
 }
 
+// testPenalties are the defaults with 127.0.0.1 exempt: tests log in and
+// fail from there all the time. Tests of penalties use other addresses.
+func testPenalties() sshd.Penalties {
+	p := sshd.DefaultPenalties()
+	p.Exempt = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
+	return p
+}
+
 // startServerOn starts a server whose homes, users file and known_hosts are
 // in dir, which may be another server's, as after a restart.
 func startServerOn(t *testing.T, dir string) *testServer {
 	t.Helper()
-	ts := &testServer{t: t, dir: dir, homes: filepath.Join(dir, "homes"), usersFile: filepath.Join(dir, "users.toml"), logs: &syncBuffer{}}
+	return startServerWith(t, dir, sshd.DefaultLimits(), testPenalties())
+}
+
+func startServerWith(t *testing.T, dir string, lim sshd.Limits, pen sshd.Penalties) *testServer {
+	t.Helper()
+	ts := &testServer{t: t, dir: dir, homes: filepath.Join(dir, "homes"), usersFile: filepath.Join(dir, "users.toml"),
+		logs: &syncBuffer{}, limits: lim, penalties: pen}
 	log := slog.New(slog.NewTextHandler(ts.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	var err error
 	if ts.store, err = users.OpenStore(ts.usersFile, log); err != nil {
 		t.Fatal(err)
 	}
-	ts.srv, err = sshd.New(sshd.Config{HostSigners: shared.hostKeys, Users: ts.store, Homes: ts.homes, Logger: log})
+	ts.srv, err = sshd.New(sshd.Config{HostSigners: shared.hostKeys, Users: ts.store, Homes: ts.homes,
+		Limits: ts.limits, Penalties: ts.penalties, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,7 +13,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
+	"time"
 
 	gssh "github.com/gliderlabs/ssh"
 	"github.com/pkg/sftp"
@@ -36,6 +38,8 @@ type Config struct {
 	Users       UserDB
 	Homes       string // directory of the default homes, homes/NAME
 	Fsync       bool   // make written files durable at close (see vfs.Options)
+	Limits      Limits
+	Penalties   Penalties
 	Logger      *slog.Logger
 }
 
@@ -45,9 +49,12 @@ type Server struct {
 	log *slog.Logger
 	ssh *gssh.Server
 
+	gate *gate
+
 	mu    sync.Mutex
-	homes map[string]*home                     // open homes by user name
-	conns map[string]map[*gossh.ServerConn]int // live sessions per connection, by user
+	homes map[string]*home                   // open homes by user name
+	all   map[*connState]struct{}            // every open connection
+	conns map[string]map[*connState]struct{} // logged-in connections by user
 }
 
 type home struct {
@@ -72,6 +79,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Users == nil || cfg.Homes == "" {
 		return nil, errors.New("sshd: Users and Homes are required")
 	}
+	if cfg.Limits.LoginGraceTime <= 0 || cfg.Limits.MaxSessions <= 0 || cfg.Limits.MaxOpenHandles <= 0 {
+		return nil, errors.New("sshd: LoginGraceTime, MaxSessions and MaxOpenHandles must be positive")
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -79,8 +89,12 @@ func New(cfg Config) (*Server, error) {
 		cfg:   cfg,
 		log:   cfg.Logger,
 		homes: make(map[string]*home),
-		conns: make(map[string]map[*gossh.ServerConn]int),
+		all:   make(map[*connState]struct{}),
+		conns: make(map[string]map[*connState]struct{}),
 	}
+	s.gate = newGate(cfg.Limits, cfg.Penalties, func(src netip.Prefix, until time.Time) {
+		s.log.Warn("source blocked", "source", src.String(), "until", until.Format(time.RFC3339))
+	})
 	hostSigners := make([]gssh.Signer, len(cfg.HostSigners))
 	for i, k := range cfg.HostSigners {
 		hostSigners[i] = k
@@ -117,10 +131,29 @@ func (s *Server) Serve(l net.Listener) error {
 // ErrServerClosed is returned by Serve after Shutdown or Close.
 var ErrServerClosed = errors.New("sshd: server closed")
 
-// Shutdown stops accepting connections and waits for open ones to end, until
-// ctx is done; then it closes what is left.
+// Shutdown stops accepting connections and closes those with no transfer
+// running; the others may finish until ctx is done, when whatever is left
+// is closed.
 func (s *Server) Shutdown(ctx context.Context) error {
-	err := s.ssh.Shutdown(ctx)
+	done := make(chan error, 1)
+	go func() { done <- s.ssh.Shutdown(ctx) }()
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	var err error
+	for waiting := true; waiting; {
+		s.mu.Lock()
+		for st := range s.all {
+			if !st.busy() {
+				st.raw.Close()
+			}
+		}
+		s.mu.Unlock()
+		select {
+		case err = <-done:
+			waiting = false
+		case <-t.C:
+		}
+	}
 	if err != nil {
 		s.ssh.Close()
 	}
@@ -133,6 +166,12 @@ func (s *Server) Close() error {
 	err := s.ssh.Close()
 	s.closeHomes()
 	return err
+}
+
+// SetLimits applies new limits and penalties (a reloaded configuration) to
+// new connections; a penalty already earned stays.
+func (s *Server) SetLimits(l Limits, p Penalties) {
+	s.gate.set(l, p)
 }
 
 func (s *Server) closeHomes() {
@@ -204,11 +243,11 @@ func (s *Server) Reloaded(removed []string) {
 // exist.
 func (s *Server) usersRemoved(names []string) {
 	s.mu.Lock()
-	var drop []*gossh.ServerConn
+	var drop []*connState
 	var homes []*home
 	for _, name := range names {
-		for c := range s.conns[name] {
-			drop = append(drop, c)
+		for st := range s.conns[name] {
+			drop = append(drop, st)
 		}
 		if h := s.homes[name]; h != nil {
 			homes = append(homes, h)
@@ -216,27 +255,11 @@ func (s *Server) usersRemoved(names []string) {
 		}
 	}
 	s.mu.Unlock()
-	for _, c := range drop {
-		s.log.Info("closing connection of removed user", "user", c.User(), "remote", c.RemoteAddr().String())
-		c.Close()
+	for _, st := range drop {
+		s.log.Info("closing connection of removed user", "user", st.user, "remote", st.remote)
+		st.raw.Close()
 	}
 	for _, h := range homes {
 		h.fs.Close()
-	}
-}
-
-func (s *Server) trackSession(user string, c *gossh.ServerConn, delta int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	m := s.conns[user]
-	if m == nil {
-		m = make(map[*gossh.ServerConn]int)
-		s.conns[user] = m
-	}
-	if m[c] += delta; m[c] <= 0 {
-		delete(m, c)
-	}
-	if len(m) == 0 {
-		delete(s.conns, user)
 	}
 }

@@ -23,6 +23,7 @@ import (
 // status and closes.
 type session struct {
 	ctx  context.Context // ends when the channel or the connection closes
+	st   *connState
 	ch   gossh.Channel
 	user users.User
 	fs   *vfs.FS
@@ -42,10 +43,15 @@ func (s *Server) handleSession(_ *gssh.Server, conn *gossh.ServerConn, nc gossh.
 		nc.Reject(gossh.Prohibited, "not authenticated")
 		return
 	}
-	// Tracked before the lookup, so that a user removed meanwhile is
-	// either not found here or found by UsersRemoved.
-	s.trackSession(name, conn, +1)
-	defer s.trackSession(name, conn, -1)
+	st := stateOf(ctx)
+	if n := st.sessions.Add(1); int(n) > s.gate.limits().MaxSessions {
+		st.sessions.Add(-1)
+		nc.Reject(gossh.ResourceShortage, "too many sessions on this connection")
+		return
+	}
+	defer st.sessions.Add(-1)
+	// The connection was registered as the user's at login, so a user
+	// removed from now on has it closed; one removed before is not found.
 	u, ok := s.cfg.Users.Lookup(name)
 	if !ok {
 		nc.Reject(gossh.Prohibited, "account removed")
@@ -64,7 +70,7 @@ func (s *Server) handleSession(_ *gssh.Server, conn *gossh.ServerConn, nc gossh.
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	sess := &session{ctx: sctx, ch: ch, user: u, fs: fsys, log: log, done: make(chan struct{}), cancel: cancel}
+	sess := &session{ctx: sctx, st: st, ch: ch, user: u, fs: fsys, log: log, done: make(chan struct{}), cancel: cancel}
 	defer func() {
 		if p := recover(); p != nil {
 			log.Error("session panic", "panic", p, "stack", string(debug.Stack()))
@@ -129,6 +135,8 @@ func (sess *session) run(kind, arg string) {
 		if kind == "subsystem" {
 			code = sess.sftp()
 		} else {
+			sess.st.running.Add(1)
+			defer func() { sess.st.running.Add(-1); sess.st.touch() }()
 			code = sess.exec(arg)
 		}
 	}()
@@ -137,8 +145,9 @@ func (sess *session) run(kind, arg string) {
 }
 
 func (sess *session) sftp() int {
-	h := &sftpHandler{fs: sess.fs, user: sess.user.Name, log: sess.log}
-	rs := sftp.NewRequestServer(newSFTPStream(sess.ch), sftp.Handlers{FileGet: h, FilePut: h, FileCmd: h, FileList: h},
+	maxHandles := sess.st.s.gate.limits().MaxOpenHandles
+	h := &sftpHandler{fs: sess.fs, user: sess.user.Name, log: sess.log, st: sess.st, maxHandles: int32(maxHandles)}
+	rs := sftp.NewRequestServer(newSFTPStream(sess.ch, sess.st.touch, maxHandles), sftp.Handlers{FileGet: h, FilePut: h, FileCmd: h, FileList: h},
 		sftp.WithRSAllocator(), sftp.WithRSMaxTxPacket(maxSFTPData))
 	sess.log.Debug("sftp session started")
 	err := rs.Serve()

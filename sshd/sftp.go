@@ -11,7 +11,9 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -21,28 +23,62 @@ import (
 )
 
 type sftpHandler struct {
-	fs   *vfs.FS
-	user string
-	log  *slog.Logger
+	fs         *vfs.FS
+	user       string
+	log        *slog.Logger
+	st         *connState
+	maxHandles int32
+	handles    atomic.Int32 // open in this session
 }
 
+var errTooManyHandles = &statusError{sftp.ErrSSHFxFailure, "too many open handles"}
+
+// takeHandle counts a handle about to be opened, if the session may have
+// one more; release gives it back.
+func (h *sftpHandler) takeHandle() error {
+	if h.handles.Add(1) > h.maxHandles {
+		h.handles.Add(-1)
+		return errTooManyHandles
+	}
+	return nil
+}
+
+func (h *sftpHandler) release() { h.handles.Add(-1) }
+
 // Fileread opens a file for reading.
-func (h *sftpHandler) Fileread(r *sftp.Request) (io.ReaderAt, error) {
+func (h *sftpHandler) Fileread(r *sftp.Request) (_ io.ReaderAt, err error) {
+	defer h.recover(&err)
+	if err := h.takeHandle(); err != nil {
+		return nil, err
+	}
 	f, err := h.fs.OpenFile(r.Filepath, os.O_RDONLY)
 	if err != nil {
+		h.release()
 		return nil, h.status(err)
 	}
-	return &sftpFile{f, h}, nil
+	return h.newFile(f, false), nil
+}
+
+// recover turns a panic in a handler into a failure of that request, logged
+// with its stack: pkg/sftp runs handlers on goroutines of its own, where a
+// panic would end the whole server.
+func (h *sftpHandler) recover(err *error) {
+	if p := recover(); p != nil {
+		h.log.Error("sftp handler panic", "panic", p, "stack", string(debug.Stack()))
+		*err = &statusError{sftp.ErrSSHFxFailure, "internal error"}
+	}
 }
 
 // Filewrite opens a file for writing without reading.
-func (h *sftpHandler) Filewrite(r *sftp.Request) (io.WriterAt, error) {
+func (h *sftpHandler) Filewrite(r *sftp.Request) (_ io.WriterAt, err error) {
+	defer h.recover(&err)
 	return h.open(r)
 }
 
 // OpenFile opens a file for reading and writing. Without it pkg/sftp would
 // serve a READ|WRITE open through Filewrite and answer reads with zeros.
-func (h *sftpHandler) OpenFile(r *sftp.Request) (sftp.WriterAtReaderAt, error) {
+func (h *sftpHandler) OpenFile(r *sftp.Request) (_ sftp.WriterAtReaderAt, err error) {
+	defer h.recover(&err)
 	return h.open(r)
 }
 
@@ -64,41 +100,84 @@ func (h *sftpHandler) open(r *sftp.Request) (*sftpFile, error) {
 	if pf.Excl {
 		flag |= os.O_EXCL
 	}
+	if err := h.takeHandle(); err != nil {
+		return nil, err
+	}
 	f, err := h.fs.OpenFile(r.Filepath, flag)
 	if err != nil {
+		h.release()
 		return nil, h.status(err)
 	}
-	return &sftpFile{f, h}, nil
+	return h.newFile(f, true), nil
 }
 
-// sftpFile translates the errors of a vfs.File for the client.
+// sftpFile is an open file handle: it translates the errors of a vfs.File
+// for the client, and logs the transfer when it closes.
 type sftpFile struct {
-	f *vfs.File
-	h *sftpHandler
+	f       *vfs.File
+	h       *sftpHandler
+	write   bool
+	opened  time.Time
+	read    atomic.Int64
+	written atomic.Int64
+	aborted atomic.Bool
 }
 
-func (f *sftpFile) ReadAt(p []byte, off int64) (int, error) {
-	n, err := f.f.ReadAt(p, off)
+func (h *sftpHandler) newFile(f *vfs.File, write bool) *sftpFile {
+	h.st.handles.Add(1)
+	return &sftpFile{f: f, h: h, write: write, opened: time.Now()}
+}
+
+func (f *sftpFile) ReadAt(p []byte, off int64) (n int, err error) {
+	defer f.h.recover(&err)
+	n, err = f.f.ReadAt(p, off)
+	f.read.Add(int64(n))
 	if err != nil && err != io.EOF {
 		err = f.h.status(err)
 	}
 	return n, err
 }
 
-func (f *sftpFile) WriteAt(p []byte, off int64) (int, error) {
-	n, err := f.f.WriteAt(p, off)
+func (f *sftpFile) WriteAt(p []byte, off int64) (n int, err error) {
+	defer f.h.recover(&err)
+	n, err = f.f.WriteAt(p, off)
+	f.written.Add(int64(n))
 	return n, f.h.status(err)
 }
 
-func (f *sftpFile) Close() error { return f.h.status(f.f.Close()) }
+func (f *sftpFile) Close() (err error) {
+	defer f.h.recover(&err)
+	err = f.f.Close()
+	f.h.release()
+	f.h.st.handles.Add(-1)
+	if f.write || f.read.Load() > 0 {
+		result := "ok"
+		switch {
+		case f.aborted.Load():
+			result = "aborted"
+		case err != nil:
+			result = "failed: " + f.h.status(err).Error()
+		}
+		dir, n := "download", f.read.Load()
+		if f.write {
+			dir, n = "upload", f.written.Load()
+		}
+		f.h.log.Info("transfer", "path", f.f.Name(), "direction", dir, "bytes", n,
+			"duration", time.Since(f.opened).Round(time.Millisecond), "result", result)
+	}
+	return f.h.status(err)
+}
 
 // TransferError is pkg/sftp telling that the session ended with the file
 // still open: the upload is aborted, not completed.
-func (f *sftpFile) TransferError(error) { f.f.Abort() }
+func (f *sftpFile) TransferError(error) {
+	f.aborted.Store(true)
+	f.f.Abort()
+}
 
 // Filecmd runs the requests that change the tree.
-func (h *sftpHandler) Filecmd(r *sftp.Request) error {
-	var err error
+func (h *sftpHandler) Filecmd(r *sftp.Request) (err error) {
+	defer h.recover(&err)
 	switch r.Method {
 	case "Setstat":
 		err = h.setstat(r)
@@ -123,7 +202,8 @@ func (h *sftpHandler) Filecmd(r *sftp.Request) error {
 }
 
 // PosixRename replaces the target atomically if it exists.
-func (h *sftpHandler) PosixRename(r *sftp.Request) error {
+func (h *sftpHandler) PosixRename(r *sftp.Request) (err error) {
+	defer h.recover(&err)
 	return h.status(h.fs.PosixRename(r.Filepath, r.Target))
 }
 
@@ -168,7 +248,8 @@ func (h *sftpHandler) setstat(r *sftp.Request) error {
 
 // StatVFS answers statvfs@openssh.com (sftp's df) with the home's
 // filesystem.
-func (h *sftpHandler) StatVFS(r *sftp.Request) (*sftp.StatVFS, error) {
+func (h *sftpHandler) StatVFS(r *sftp.Request) (_ *sftp.StatVFS, err error) {
+	defer h.recover(&err)
 	st, err := h.fs.StatFS()
 	if err != nil {
 		return nil, h.status(err)
@@ -184,11 +265,16 @@ func (h *sftpHandler) StatVFS(r *sftp.Request) (*sftp.StatVFS, error) {
 }
 
 // Filelist serves opendir/readdir ("List") and stat ("Stat").
-func (h *sftpHandler) Filelist(r *sftp.Request) (sftp.ListerAt, error) {
+func (h *sftpHandler) Filelist(r *sftp.Request) (_ sftp.ListerAt, err error) {
+	defer h.recover(&err)
 	switch r.Method {
 	case "List":
+		if err := h.takeHandle(); err != nil {
+			return nil, err
+		}
 		d, err := h.fs.ReadDir(r.Filepath)
 		if err != nil {
+			h.release()
 			return nil, h.status(err)
 		}
 		return &dirLister{d: d, h: h}, nil
@@ -203,7 +289,8 @@ func (h *sftpHandler) Filelist(r *sftp.Request) (sftp.ListerAt, error) {
 }
 
 // Lstat describes a symbolic link itself.
-func (h *sftpHandler) Lstat(r *sftp.Request) (sftp.ListerAt, error) {
+func (h *sftpHandler) Lstat(r *sftp.Request) (_ sftp.ListerAt, err error) {
+	defer h.recover(&err)
 	fi, err := h.fs.Lstat(r.Filepath)
 	if err != nil {
 		return nil, h.status(err)
@@ -218,7 +305,8 @@ func (h *sftpHandler) RealPath(p string) (string, error) {
 }
 
 // Readlink returns a link's target if it stays inside the home.
-func (h *sftpHandler) Readlink(p string) (string, error) {
+func (h *sftpHandler) Readlink(p string) (_ string, err error) {
+	defer h.recover(&err)
 	t, err := h.fs.Readlink(p)
 	return t, h.status(err)
 }
@@ -247,7 +335,8 @@ type dirLister struct {
 	next int64
 }
 
-func (l *dirLister) ListAt(buf []os.FileInfo, off int64) (int, error) {
+func (l *dirLister) ListAt(buf []os.FileInfo, off int64) (_ int, err error) {
+	defer l.h.recover(&err)
 	if off != l.next {
 		return 0, &statusError{sftp.ErrSSHFxFailure, "directory listing read out of order"}
 	}
@@ -260,7 +349,10 @@ func (l *dirLister) ListAt(buf []os.FileInfo, off int64) (int, error) {
 	return n, err
 }
 
-func (l *dirLister) Close() error { return l.d.Close() }
+func (l *dirLister) Close() error {
+	l.h.release()
+	return l.d.Close()
+}
 
 // statusError is an SFTP status code with the message the client sees.
 // pkg/sftp finds the code with errors.As.

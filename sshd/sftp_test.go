@@ -479,7 +479,7 @@ func TestSFTPLimits(t *testing.T) {
 	for i := range got {
 		got[i] = binary.BigEndian.Uint64(r.body[8*i:])
 	}
-	if got != [4]uint64{256 << 10, 255 << 10, 255 << 10, 0} {
+	if got != [4]uint64{256 << 10, 255 << 10, 255 << 10, 256} {
 		t.Fatalf("limits: packet/read/write/handles = %v", got)
 	}
 

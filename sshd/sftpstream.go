@@ -27,7 +27,9 @@ const (
 // (limits@openssh.com) and announce them in the VERSION reply. Everything
 // else passes through untouched.
 type sftpStream struct {
-	ch io.ReadWriteCloser
+	ch         io.ReadWriteCloser
+	touch      func() // called for every request: the session is not idle
+	maxHandles uint64
 
 	// Reading: the bytes of the current incoming packet not yet handed on.
 	pending []byte
@@ -44,7 +46,9 @@ type sftpStream struct {
 	werr    error
 }
 
-func newSFTPStream(ch io.ReadWriteCloser) *sftpStream { return &sftpStream{ch: ch} }
+func newSFTPStream(ch io.ReadWriteCloser, touch func(), maxHandles int) *sftpStream {
+	return &sftpStream{ch: ch, touch: touch, maxHandles: uint64(maxHandles)}
+}
 
 var sftpExtensionsAdded = [][2]string{{"limits@openssh.com", "1"}}
 
@@ -56,6 +60,7 @@ func (s *sftpStream) Read(p []byte) (int, error) {
 			}
 			return 0, err
 		}
+		s.touch()
 		length := binary.BigEndian.Uint32(s.hdr[:4])
 		if s.hdr[4] != fxpExtended || length > maxSFTPPacket || length < 1 {
 			// pkg/sftp refuses bad lengths itself.
@@ -104,7 +109,7 @@ func (s *sftpStream) extended(body []byte) bool {
 		reply = binary.BigEndian.AppendUint64(reply, maxSFTPPacket)
 		reply = binary.BigEndian.AppendUint64(reply, maxSFTPData) // read
 		reply = binary.BigEndian.AppendUint64(reply, maxSFTPData) // write
-		reply = binary.BigEndian.AppendUint64(reply, 0)           // open handles: no limit announced
+		reply = binary.BigEndian.AppendUint64(reply, s.maxHandles)
 		s.inject(reply)
 		return true
 	}

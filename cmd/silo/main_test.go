@@ -68,15 +68,20 @@ func writeConfig(t *testing.T, body string) string {
 	return p
 }
 
+// testConfig exempts 127.0.0.1 from penalties: the tests retry logins from
+// it while a user is being added.
 const testConfig = `listen = "127.0.0.1:0"
 homes = "homes"
 host_keys = "keys"
 users = "users.toml"
+
+[penalties]
+exempt = ["127.0.0.1/32"]
 `
 
 func TestConfigErrorsNameTheKey(t *testing.T) {
 	for name, tc := range map[string]struct{ body, want string }{
-		"unknown key":    {testConfig + "quota = 5\n", `unknown key "quota"`},
+		"unknown key":    {"quota = 5\n" + testConfig, `unknown key "quota"`},
 		"misspelt key":   {strings.Replace(testConfig, "homes", "home", 1), `unknown key "home"`},
 		"wrong type":     {"listen = 2022\n", "listen"},
 		"bad listen":     {"listen = \"localhost\"\n", "listen"},
@@ -85,7 +90,14 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		"empty homes":    {"homes = \"\"\n", "homes"},
 		"empty users":    {"users = \"\"\n", "users"},
 		"syntax":         {"listen = \"127.0.0.1:0\n", "config.toml"},
-		"unknown in sub": {"[limits]\nfoo = 1\n", "limits"},
+		"unknown in sub": {"[limits]\nfoo = 1\n", `unknown key "limits.foo"`},
+		"bad duration":   {"[limits]\nidle_timeout = \"soon\"\n", "limits.idle_timeout"},
+		"bad startups":   {"[limits]\nmax_startups = \"10:30\"\n", "limits.max_startups"},
+		"zero sessions":  {"[limits]\nmax_sessions = 0\n", "limits.max_sessions"},
+		"bad cidr":       {"[penalties]\nexempt = [\"10.0.0.0/33\"]\n", "penalties.exempt"},
+		"bad log format": {"log_format = \"xml\"\n", "log_format"},
+		"bad log level":  {"log_level = \"loud\"\n", "log_level"},
+		"min over max":   {"[penalties]\nmin = \"1h\"\n", "penalties.max"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, stderr, code := silo(t, "", "serve", "--config", writeConfig(t, tc.body))

@@ -24,10 +24,6 @@ import (
 // by `silo user ...` or by hand.
 const usersPollInterval = 500 * time.Millisecond
 
-// shutdownGrace is how long running transfers may take to finish after
-// SIGTERM or SIGINT.
-const shutdownGrace = 30 * time.Second
-
 func serve(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	configPath := fs.String("config", "config.toml", "configuration file")
@@ -42,7 +38,14 @@ func serve(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log := slog.New(slog.NewTextHandler(stderr, nil))
+	level := new(slog.LevelVar)
+	lv, _ := parseLevel(cfg.LogLevel)
+	level.Set(lv)
+	var handler slog.Handler = slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})
+	if cfg.LogFormat == "json" {
+		handler = slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level})
+	}
+	log := slog.New(handler)
 
 	store, err := users.OpenStore(cfg.Users, log)
 	if err != nil {
@@ -61,7 +64,9 @@ func serve(args []string, stderr io.Writer) error {
 	if err := os.MkdirAll(cfg.Homes, 0o700); err != nil {
 		return fmt.Errorf("homes: %w", err)
 	}
-	srv, err := sshd.New(sshd.Config{HostSigners: signers, Users: store, Homes: cfg.Homes, Fsync: cfg.Fsync, Logger: log})
+	lim, pen := cfg.sshdLimits()
+	srv, err := sshd.New(sshd.Config{HostSigners: signers, Users: store, Homes: cfg.Homes, Fsync: cfg.Fsync,
+		Limits: lim, Penalties: pen, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -91,6 +96,22 @@ func serve(args []string, stderr io.Writer) error {
 			case <-ctx.Done():
 				return
 			case <-hup:
+				// The limits, penalties and log level change at once; the
+				// listen address, paths and fsync need a restart.
+				if nc, err := loadConfig(*configPath); err != nil {
+					log.Error("config not reloaded; the previous one stays in force", "err", err)
+				} else {
+					lim, pen := nc.sshdLimits()
+					srv.SetLimits(lim, pen)
+					lv, _ := parseLevel(nc.LogLevel)
+					level.Set(lv)
+					if nc.Listen != cfg.Listen || nc.Homes != cfg.Homes || nc.HostKeys != cfg.HostKeys ||
+						nc.Users != cfg.Users || nc.Fsync != cfg.Fsync || nc.LogFormat != cfg.LogFormat {
+						log.Warn("config reloaded; listen, homes, host_keys, users, fsync and log_format take effect at the next start")
+					} else {
+						log.Info("config reloaded")
+					}
+				}
 				reloaded(store.Reload())
 			}
 		}
@@ -103,8 +124,9 @@ func serve(args []string, stderr io.Writer) error {
 		return err
 	case <-ctx.Done():
 	}
-	log.Info("shutting down; waiting for transfers to finish", "grace", shutdownGrace)
-	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	grace := time.Duration(cfg.ShutdownGrace)
+	log.Info("shutting down; waiting for transfers to finish", "grace", grace)
+	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		return err
