@@ -4,7 +4,7 @@ BIN     := silo
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: build run test bench crashtest clean
+.PHONY: build run test bench crashtest fuzz clean
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/silo
@@ -24,6 +24,15 @@ test:
 # SIGKILL silo during 200 MiB uploads, ten times; reput must make each whole.
 crashtest:
 	SILO_CRASHTEST=1 $(GO) test -count=1 -run TestCrashThenReput -v ./cmd/silo
+
+# Each fuzz target for FUZZTIME (60s): the path mapper, users.toml parsing,
+# the password verifier and an SFTP packet stream into the real handlers.
+FUZZTIME ?= 60s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzRel$$' -fuzztime $(FUZZTIME) ./vfs
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./users
+	$(GO) test -run '^$$' -fuzz '^FuzzVerifyPassword$$' -fuzztime $(FUZZTIME) ./users
+	$(GO) test -run '^$$' -fuzz '^FuzzSFTPStream$$' -fuzztime $(FUZZTIME) ./sshd
 
 bench: build
 	./scripts/bench.sh

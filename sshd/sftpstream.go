@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"sync/atomic"
 )
 
 // SFTP limits, announced with limits@openssh.com and enforced by pkg/sftp,
@@ -18,13 +19,19 @@ const (
 
 const (
 	fxpVersion       = 2
+	fxpOpen          = 3
+	fxpOpendir       = 11
 	fxpExtended      = 200
 	fxpExtendedReply = 201
 )
 
 // sftpStream sits between the session channel and pkg/sftp's RequestServer,
 // packet-aware, to answer the SFTP extensions pkg/sftp does not know
-// (limits@openssh.com) and announce them in the VERSION reply. Everything
+// (limits@openssh.com) and announce them in the VERSION reply, and to hold
+// back the requests that follow an open until the open is answered:
+// pkg/sftp registers a handle before it has finished setting it up, and a
+// request for that handle sent right behind the open (no honest client does
+// that; it needs the handle first) would race with the setup. Everything
 // else passes through untouched.
 type sftpStream struct {
 	ch         io.ReadWriteCloser
@@ -35,6 +42,14 @@ type sftpStream struct {
 	pending []byte
 	remain  uint32
 	hdr     [5]byte
+	idBuf   [4]byte
+
+	// An open whose reply has not been written yet.
+	omu      sync.Mutex
+	ocond    *sync.Cond
+	openID   uint32
+	openWait bool
+	closed   bool
 
 	// Writing: pkg/sftp writes a packet in several calls; wmu is held from
 	// a packet's first byte to its last, so that an injected reply never
@@ -43,17 +58,39 @@ type sftpStream struct {
 	wneed   uint32 // bytes left in the packet being written
 	wpart   []byte // its length, if split across writes; or the whole VERSION packet
 	sentVer bool
-	werr    error
+	werr    atomic.Pointer[error] // the first write error: the stream is broken
 }
 
 func newSFTPStream(ch io.ReadWriteCloser, touch func(), maxHandles int) *sftpStream {
-	return &sftpStream{ch: ch, touch: touch, maxHandles: uint64(maxHandles)}
+	s := &sftpStream{ch: ch, touch: touch, maxHandles: uint64(maxHandles)}
+	s.ocond = sync.NewCond(&s.omu)
+	return s
+}
+
+// waitOpen blocks until the open in flight, if any, has been answered.
+func (s *sftpStream) waitOpen() {
+	s.omu.Lock()
+	defer s.omu.Unlock()
+	for s.openWait && !s.closed {
+		s.ocond.Wait()
+	}
+}
+
+// replied notes a reply to request id going out.
+func (s *sftpStream) replied(id uint32) {
+	s.omu.Lock()
+	defer s.omu.Unlock()
+	if s.openWait && id == s.openID {
+		s.openWait = false
+		s.ocond.Broadcast()
+	}
 }
 
 var sftpExtensionsAdded = [][2]string{{"limits@openssh.com", "1"}}
 
 func (s *sftpStream) Read(p []byte) (int, error) {
 	for len(s.pending) == 0 && s.remain == 0 {
+		s.waitOpen()
 		if _, err := io.ReadFull(s.ch, s.hdr[:]); err != nil {
 			if err == io.ErrUnexpectedEOF {
 				return 0, errors.New("sftp: truncated packet")
@@ -62,6 +99,16 @@ func (s *sftpStream) Read(p []byte) (int, error) {
 		}
 		s.touch()
 		length := binary.BigEndian.Uint32(s.hdr[:4])
+		if (s.hdr[4] == fxpOpen || s.hdr[4] == fxpOpendir) && length >= 5 && length <= maxSFTPPacket {
+			if _, err := io.ReadFull(s.ch, s.idBuf[:]); err != nil {
+				return 0, err
+			}
+			s.omu.Lock()
+			s.openID, s.openWait = binary.BigEndian.Uint32(s.idBuf[:]), true
+			s.omu.Unlock()
+			s.pending, s.remain = append(s.hdr[:], s.idBuf[:]...), length-5
+			break
+		}
 		if s.hdr[4] != fxpExtended || length > maxSFTPPacket || length < 1 {
 			// pkg/sftp refuses bad lengths itself.
 			s.pending, s.remain = s.hdr[:], length-1
@@ -121,16 +168,18 @@ func (s *sftpStream) inject(body []byte) {
 	pkt := binary.BigEndian.AppendUint32(nil, uint32(len(body)))
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	if s.werr == nil {
-		_, s.werr = s.ch.Write(append(pkt, body...))
+	if s.werr.Load() == nil {
+		if _, err := s.ch.Write(append(pkt, body...)); err != nil {
+			s.werr.Store(&err)
+		}
 	}
 }
 
 // Write passes pkg/sftp's packets through, each channel write holding what
 // one call gave, so that a 255 KiB payload is not copied.
 func (s *sftpStream) Write(p []byte) (int, error) {
-	if s.werr != nil {
-		return 0, s.werr
+	if err := s.werr.Load(); err != nil {
+		return 0, *err
 	}
 	total := len(p)
 	for len(p) > 0 {
@@ -144,6 +193,11 @@ func (s *sftpStream) Write(p []byte) (int, error) {
 				return total, nil
 			}
 			s.wneed = binary.BigEndian.Uint32(s.wpart)
+			if len(p) >= 5 {
+				// Every reply but VERSION carries its request's id
+				// after the type.
+				s.replied(binary.BigEndian.Uint32(p[1:5]))
+			}
 			if s.wneed == 0 {
 				if err := s.flush(s.wpart); err != nil {
 					return 0, err
@@ -177,7 +231,7 @@ func (s *sftpStream) flush(b []byte) error {
 	_, err := s.ch.Write(b)
 	s.wpart = s.wpart[:0]
 	if err != nil {
-		s.werr = err
+		s.werr.Store(&err)
 		s.wneed = 0
 	}
 	if s.wneed == 0 {
@@ -202,4 +256,10 @@ func extendVersion(pkt []byte) []byte {
 	return pkt
 }
 
-func (s *sftpStream) Close() error { return s.ch.Close() }
+func (s *sftpStream) Close() error {
+	s.omu.Lock()
+	s.closed = true
+	s.ocond.Broadcast()
+	s.omu.Unlock()
+	return s.ch.Close()
+}

@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"math/big"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -89,5 +90,72 @@ func TestCrashThenReput(t *testing.T) {
 		t.Logf("round %d: killed at %d of %d bytes; reput made it whole", round, len(got), len(data))
 		s2.cmd.Process.Signal(syscall.SIGTERM)
 		s2.cmd.Wait()
+	}
+}
+
+// SIGTERM during an upload: no new connection is accepted, the upload
+// completes byte for byte, and silo exits 0.
+func TestSIGTERMLetsUploadFinish(t *testing.T) {
+	if _, err := exec.LookPath("sftp"); err != nil {
+		if os.Getenv("SILO_REQUIRE_CLIENTS") != "" {
+			t.Fatal("needs OpenSSH's sftp")
+		}
+		t.Skip("needs OpenSSH's sftp")
+	}
+	if testing.Short() {
+		t.Skip("slow")
+	}
+	cfg := writeConfig(t, testConfig)
+	dir := filepath.Dir(cfg)
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	block, _ := ssh.MarshalPrivateKey(priv, "term")
+	keyFile := filepath.Join(dir, "id")
+	os.WriteFile(keyFile, pem.EncodeToMemory(block), 0o600)
+	signer, _ := ssh.NewSignerFromKey(priv)
+	silo(t, "", "user", "add", "alice", "--key", string(ssh.MarshalAuthorizedKey(signer.PublicKey())), "--config", cfg)
+	data := make([]byte, 400<<20)
+	rand.Read(data)
+	local := filepath.Join(t.TempDir(), "data")
+	os.WriteFile(local, data, 0o644)
+	remote := filepath.Join(dir, "homes", "alice", "big")
+
+	s := startSilo(t, cfg)
+	port := s.addr[strings.LastIndexByte(s.addr, ':')+1:]
+	// -l: about 3 s at 1 Gbit/s, so that SIGTERM lands mid-upload.
+	put := exec.Command("sftp", "-F", "/dev/null", "-l", "1000000", "-R", "64", "-P", port, "-i", keyFile,
+		"-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "IdentityAgent=none",
+		"-o", "LogLevel=ERROR", "-b", "-", "alice@127.0.0.1")
+	put.Stdin = strings.NewReader(fmt.Sprintf("put %s big\n", local))
+	var putOut bytes.Buffer
+	put.Stdout, put.Stderr = &putOut, &putOut
+	if err := put.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if fi, err := os.Stat(remote); err == nil && fi.Size() > 0 {
+			break
+		}
+	}
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	time.Sleep(200 * time.Millisecond)
+	if c, err := net.Dial("tcp", s.addr); err == nil {
+		c.Close()
+		t.Error("a new connection was accepted during the shutdown grace period")
+	}
+	if err := put.Wait(); err != nil {
+		t.Fatalf("upload during shutdown: %v\n%s", err, putOut.String())
+	}
+	if got, _ := os.ReadFile(remote); !bytes.Equal(got, data) {
+		t.Fatalf("uploaded file differs (%d of %d bytes)", len(got), len(data))
+	}
+	waitErr := make(chan error, 1)
+	go func() { waitErr <- s.cmd.Wait() }()
+	select {
+	case err := <-waitErr:
+		if err != nil {
+			t.Fatalf("silo after SIGTERM: %v\n%s", err, s.log)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("silo still running 10 s after the upload finished")
 	}
 }

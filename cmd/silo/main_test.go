@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -211,7 +212,7 @@ type server struct {
 	keys []string      // host key fingerprints it logged
 }
 
-var listenRE = regexp.MustCompile(`listening on (\S+?)"? `)
+var listenRE = regexp.MustCompile(`listening on ([0-9a-fA-F.:\[\]]+)`)
 var fpRE = regexp.MustCompile(`fingerprint=(SHA256:\S+)`)
 
 func startSilo(t *testing.T, cfg string) *server {
@@ -381,5 +382,55 @@ func TestServeRefusesWithoutHostKeys(t *testing.T) {
 	_, stderr, code := silo(t, "", "serve", "--config", cfg)
 	if code != 1 || !strings.Contains(stderr, "host key") {
 		t.Fatalf("exit %d, stderr %q; want 1 and a message about host keys", code, stderr)
+	}
+}
+
+// log_format = "json" gives one JSON object per line; SIGHUP applies a
+// changed limit to new connections and keeps the open ones.
+func TestJSONLogsAndReload(t *testing.T) {
+	cfg := writeConfig(t, "log_format = \"json\"\n"+testConfig)
+	silo(t, "pw\n", "user", "add", "dave", "--password-stdin", "--config", cfg)
+	s := startSilo(t, cfg)
+	anyKey := ssh.InsecureIgnoreHostKey()
+	c1, err := dialSilo(s.addr, "dave", anyKey, ssh.Password("pw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c1.Close()
+	c2, err := dialSilo(s.addr, "dave", anyKey, ssh.Password("pw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2.Close()
+
+	body, _ := os.ReadFile(cfg)
+	os.WriteFile(cfg, append(body, "\n[limits]\nmax_connections_per_user = 1\n"...), 0o644)
+	// testConfig has a [penalties] table after which [limits] may follow.
+	s.cmd.Process.Signal(syscall.SIGHUP)
+	for deadline := time.Now().Add(3 * time.Second); !strings.Contains(s.log.String(), "config reloaded"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no reload logged:\n%s", s.log)
+		}
+	}
+	if c3, err := dialSilo(s.addr, "dave", anyKey, ssh.Password("pw")); err == nil {
+		c3.Close()
+		t.Fatal("a second connection was accepted after max_connections_per_user became 1")
+	}
+	if _, _, err := c1.SendRequest("keepalive@openssh.com", true, nil); err != nil {
+		t.Fatalf("the open connection was closed by the reload: %v", err)
+	}
+	lines := strings.Split(strings.TrimSpace(s.log.String()), "\n")
+	logins := 0
+	for _, line := range lines {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("not a JSON line: %q", line)
+		}
+		if rec["msg"] == "login" && rec["user"] == "dave" && rec["method"] == "password" && rec["remote"] != nil {
+			logins++
+		}
+	}
+	if logins != 2 {
+		t.Errorf("%d login lines for dave, want 2:\n%s", logins, s.log)
 	}
 }
