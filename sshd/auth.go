@@ -158,7 +158,7 @@ func (a *connAuth) verifiedKey(c gossh.ConnMetadata, key gossh.PublicKey, p *gos
 // worth a line.
 func (a *connAuth) logAttempt(c gossh.ConnMetadata, method string, err error) {
 	attrs := []any{"remote", c.RemoteAddr().String(), "user", c.User(), "method", method}
-	if err != nil && method != "none" {
+	if err != nil && method != "none" && !errors.Is(err, errTooManyConns) {
 		a.st.failedAttempt(err)
 	}
 	switch {
