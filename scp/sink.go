@@ -163,12 +163,13 @@ func (s *session) receive(np string, mode fs.FileMode, size int64, times *[2]tim
 	}
 	if err := s.response(); err != nil {
 		// The source could not read all of its file: what arrived is not
-		// the file.
+		// the file. The source still waits for a reply.
 		f.Abort()
 		f.Close()
 		if errors.Is(err, errStop) {
 			return err
 		}
+		s.warn("%s: incomplete", np)
 		return nil
 	}
 	if cerr := f.Close(); werr == nil {

@@ -137,7 +137,7 @@ func (st *connState) login(ctx gssh.Context, name string) error {
 func (st *connState) closed() {
 	st.mu.Lock()
 	st.isClosed = true
-	user := st.user
+	user, graceExceeded, invalidUser, attempted := st.user, st.graceExceeded, st.invalidUser, st.attempted
 	st.grace.Stop()
 	st.mu.Unlock()
 	s := st.s
@@ -156,11 +156,11 @@ func (st *connState) closed() {
 	s.gate.leave(st.addr)
 	pen := s.gate.penaltiesNow()
 	switch {
-	case st.graceExceeded:
+	case graceExceeded:
 		s.gate.penalise(st.addr, pen.GraceExceeded)
-	case st.invalidUser:
+	case invalidUser:
 		s.gate.penalise(st.addr, pen.InvalidUser)
-	case st.attempted:
+	case attempted:
 		s.gate.penalise(st.addr, pen.AuthFail)
 	default:
 		s.gate.penalise(st.addr, pen.NoAuth)

@@ -328,3 +328,38 @@ func TestPuTTYpscp(t *testing.T) {
 		t.Errorf("pscp -scp of a missing file: %v %q", err, out)
 	}
 }
+
+// A source that reports a read error after its data still gets a reply, and
+// an overwrite it was making leaves the old file.
+func TestLegacySCPSourceErrorAfterData(t *testing.T) {
+	ts := startServer(t)
+	ts.addUser("alice", "", "alice")
+	home := ts.home("alice")
+	writeFile(t, filepath.Join(home, "f"), []byte("old content"))
+	s := ts.scpRaw("alice", "alice", "scp -t /")
+	if r := s.reply(); r != "" {
+		t.Fatalf("start: %q", r)
+	}
+	s.send("C0644 5 f\n")
+	if r := s.reply(); r != "" {
+		t.Fatalf("C: %q", r)
+	}
+	s.send("hello")
+	s.send("\x01scp: f: read error\n")
+	done := make(chan string, 1)
+	go func() { done <- s.reply() }()
+	select {
+	case r := <-done:
+		if r != "\x01scp: /f: incomplete\n" {
+			t.Fatalf("reply after the source's error: %q", r)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no reply after the source's error: both sides wait")
+	}
+	if code := s.exitStatus(); code != 1 {
+		t.Errorf("exit status %d, want 1", code)
+	}
+	if got, _ := os.ReadFile(filepath.Join(home, "f")); string(got) != "old content" {
+		t.Fatalf("file now %q", got)
+	}
+}

@@ -147,7 +147,11 @@ func (sess *session) run(kind, arg string) {
 func (sess *session) sftp() int {
 	maxHandles := sess.st.s.gate.limits().MaxOpenHandles
 	h := &sftpHandler{fs: sess.fs, user: sess.user.Name, log: sess.log, st: sess.st, maxHandles: int32(maxHandles)}
-	rs := sftp.NewRequestServer(newSFTPStream(sess.ch, sess.st.touch, maxHandles), sftp.Handlers{FileGet: h, FilePut: h, FileCmd: h, FileList: h},
+	stream := newSFTPStream(sess.ch, sess.st.touch, maxHandles)
+	// When the channel or the connection goes, nothing more will be
+	// answered: wake a reader that waits for a reply.
+	defer context.AfterFunc(sess.ctx, stream.shut)()
+	rs := sftp.NewRequestServer(stream, sftp.Handlers{FileGet: h, FilePut: h, FileCmd: h, FileList: h},
 		sftp.WithRSAllocator(), sftp.WithRSMaxTxPacket(maxSFTPData))
 	sess.log.Debug("sftp session started")
 	err := rs.Serve()

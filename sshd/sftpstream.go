@@ -42,13 +42,14 @@ type sftpStream struct {
 	pending []byte
 	remain  uint32
 	hdr     [5]byte
-	idBuf   [4]byte
 
-	// An open whose reply has not been written yet.
+	// pkg/sftp answers every request once, in the order received, so the
+	// open in flight is answered when the replies written reach its rank.
 	omu      sync.Mutex
 	ocond    *sync.Cond
-	openID   uint32
-	openWait bool
+	requests uint64 // handed to pkg/sftp
+	replies  uint64 // written by pkg/sftp
+	openRank uint64 // the rank of the open in flight, 0 for none
 	closed   bool
 
 	// Writing: pkg/sftp writes a packet in several calls; wmu is held from
@@ -67,23 +68,40 @@ func newSFTPStream(ch io.ReadWriteCloser, touch func(), maxHandles int) *sftpStr
 	return s
 }
 
-// waitOpen blocks until the open in flight, if any, has been answered.
+// waitOpen blocks until the open in flight, if any, has been answered, or
+// the stream is closed.
 func (s *sftpStream) waitOpen() {
 	s.omu.Lock()
 	defer s.omu.Unlock()
-	for s.openWait && !s.closed {
+	for s.openRank > s.replies && !s.closed {
 		s.ocond.Wait()
 	}
 }
 
-// replied notes a reply to request id going out.
-func (s *sftpStream) replied(id uint32) {
+// request counts a request handed to pkg/sftp; an open is waited for.
+func (s *sftpStream) request(open bool) {
 	s.omu.Lock()
 	defer s.omu.Unlock()
-	if s.openWait && id == s.openID {
-		s.openWait = false
-		s.ocond.Broadcast()
+	s.requests++
+	if open {
+		s.openRank = s.requests
 	}
+}
+
+// replied counts a reply of pkg/sftp's going out.
+func (s *sftpStream) replied() {
+	s.omu.Lock()
+	defer s.omu.Unlock()
+	s.replies++
+	s.ocond.Broadcast()
+}
+
+// shut wakes a reader waiting for a reply that will never be written.
+func (s *sftpStream) shut() {
+	s.omu.Lock()
+	defer s.omu.Unlock()
+	s.closed = true
+	s.ocond.Broadcast()
 }
 
 var sftpExtensionsAdded = [][2]string{{"limits@openssh.com", "1"}}
@@ -99,17 +117,8 @@ func (s *sftpStream) Read(p []byte) (int, error) {
 		}
 		s.touch()
 		length := binary.BigEndian.Uint32(s.hdr[:4])
-		if (s.hdr[4] == fxpOpen || s.hdr[4] == fxpOpendir) && length >= 5 && length <= maxSFTPPacket {
-			if _, err := io.ReadFull(s.ch, s.idBuf[:]); err != nil {
-				return 0, err
-			}
-			s.omu.Lock()
-			s.openID, s.openWait = binary.BigEndian.Uint32(s.idBuf[:]), true
-			s.omu.Unlock()
-			s.pending, s.remain = append(s.hdr[:], s.idBuf[:]...), length-5
-			break
-		}
 		if s.hdr[4] != fxpExtended || length > maxSFTPPacket || length < 1 {
+			s.request(s.hdr[4] == fxpOpen || s.hdr[4] == fxpOpendir)
 			// pkg/sftp refuses bad lengths itself.
 			s.pending, s.remain = s.hdr[:], length-1
 			if length == 0 {
@@ -122,6 +131,7 @@ func (s *sftpStream) Read(p []byte) (int, error) {
 			return 0, err
 		}
 		if !s.extended(body) {
+			s.request(false)
 			s.pending = append(s.hdr[:], body...)
 		}
 	}
@@ -179,6 +189,7 @@ func (s *sftpStream) inject(body []byte) {
 // one call gave, so that a 255 KiB payload is not copied.
 func (s *sftpStream) Write(p []byte) (int, error) {
 	if err := s.werr.Load(); err != nil {
+		s.shut()
 		return 0, *err
 	}
 	total := len(p)
@@ -193,11 +204,7 @@ func (s *sftpStream) Write(p []byte) (int, error) {
 				return total, nil
 			}
 			s.wneed = binary.BigEndian.Uint32(s.wpart)
-			if len(p) >= 5 {
-				// Every reply but VERSION carries its request's id
-				// after the type.
-				s.replied(binary.BigEndian.Uint32(p[1:5]))
-			}
+			s.replied()
 			if s.wneed == 0 {
 				if err := s.flush(s.wpart); err != nil {
 					return 0, err
@@ -233,6 +240,7 @@ func (s *sftpStream) flush(b []byte) error {
 	if err != nil {
 		s.werr.Store(&err)
 		s.wneed = 0
+		s.shut()
 	}
 	if s.wneed == 0 {
 		s.wmu.Unlock()
@@ -257,9 +265,6 @@ func extendVersion(pkt []byte) []byte {
 }
 
 func (s *sftpStream) Close() error {
-	s.omu.Lock()
-	s.closed = true
-	s.ocond.Broadcast()
-	s.omu.Unlock()
+	s.shut()
 	return s.ch.Close()
 }

@@ -178,9 +178,8 @@ func (s *Store) rehash(name, old, password string) {
 			return nil
 		})
 	}
-	if err == nil {
-		_, err = s.Reload()
-	}
+	// No Reload here: Watch sees the file change and reloads it, telling the
+	// server what else changed (a user removed meanwhile, say).
 	if err != nil {
 		s.log.Warn("could not upgrade password hash to argon2id", "user", name, "err", err)
 		return

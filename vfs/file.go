@@ -10,6 +10,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -23,10 +24,16 @@ var ErrBusy = errors.New("file is being written by another session")
 const maxFileSize = 1 << 62
 
 // maxHeldBack bounds the out-of-order write data a file holds in memory
-// (see writer). OpenSSH's sftp has at most 64 requests of 255 KiB in
-// flight; a client that writes further ahead gets its writes in place,
-// holes and all.
-const maxHeldBack = 32 << 20
+// (see writer), and maxHeldTotal what all files together hold. OpenSSH's
+// sftp has at most 64 requests of 255 KiB in flight; a client that writes
+// further ahead, or many files out of order at once, gets its writes in
+// place, holes and all.
+const (
+	maxHeldBack  = 32 << 20
+	maxHeldTotal = 512 << 20
+)
+
+var heldTotal atomic.Int64
 
 // fileID identifies a file across renames.
 type fileID struct{ dev, ino uint64 }
@@ -214,6 +221,13 @@ func (f *FS) addWriter(w *writer) error {
 	if f.writers[w.id] != nil {
 		return ErrBusy
 	}
+	if w.temp == "" {
+		// Removed between our open and now (Remove checks for writers
+		// under mu): writing it would count bytes nobody can see.
+		if fi, err := w.f.Stat(); err != nil || fi.Sys().(*syscall.Stat_t).Nlink == 0 {
+			return syscall.ENOENT
+		}
+	}
 	f.writers[w.id] = w
 	return nil
 }
@@ -227,18 +241,6 @@ func (f *FS) writerOf(r string) *writer {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.writers[idOf(fi)]
-}
-
-// busy reports whether the entry at r itself (not following a final link)
-// is a file being written.
-func (f *FS) busy(r string) bool {
-	fi, err := f.root.Lstat(r)
-	if err != nil || !fi.Mode().IsRegular() {
-		return false
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.writers[idOf(fi)] != nil
 }
 
 // ReadAt reads len(p) bytes at off; io.EOF marks the end of the file.
@@ -334,19 +336,13 @@ func (w *writer) charge(size int64) int64 {
 	return max(0, size-w.credit)
 }
 
-// inflight is what the writer counts that a scan of the disk does not see:
-// growth reserved beyond the size on disk, or an overwrite's whole charge.
-func (w *writer) inflight() int64 {
+// accounted is what the writer counts in bytes beyond what already counted
+// before it opened: the file's whole accounted size in place, an
+// overwrite's charge.
+func (w *writer) accounted() int64 {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.temp != "" {
-		return w.charge(w.size)
-	}
-	fi, err := w.f.Stat()
-	if err != nil {
-		return 0
-	}
-	return max(0, w.size-fi.Size())
+	return w.charge(w.size)
 }
 
 // grow accounts the file's apparent size growing to end.
@@ -383,7 +379,7 @@ func (w *writer) writeAt(p []byte, off int64) (int, error) {
 		w.fail(err)
 		return 0, err
 	}
-	if off > w.hw && w.heldN+int64(len(p)) <= maxHeldBack {
+	if off > w.hw && w.heldN+int64(len(p)) <= maxHeldBack && hold(int64(len(p))) {
 		// pkg/sftp reuses p once this returns: hold a copy.
 		i, _ := slices.BinarySearchFunc(w.held, off, func(s span, off int64) int { return cmp.Compare(s.off, off) })
 		w.held = slices.Insert(w.held, i, span{off, slices.Clone(p)})
@@ -404,6 +400,15 @@ func (w *writer) writeAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
+// hold takes n bytes of the process-wide budget for held-back writes.
+func hold(n int64) bool {
+	if heldTotal.Add(n) > maxHeldTotal {
+		heldTotal.Add(-n)
+		return false
+	}
+	return true
+}
+
 // drain writes the held-back spans that now join the prefix, or with all,
 // every one of them.
 func (w *writer) drain(all bool) error {
@@ -411,6 +416,7 @@ func (w *writer) drain(all bool) error {
 		s := w.held[0]
 		w.held = w.held[1:]
 		w.heldN -= int64(len(s.data))
+		heldTotal.Add(-int64(len(s.data)))
 		if _, err := w.f.WriteAt(s.data, s.off); err != nil {
 			w.fail(err)
 			return err
@@ -435,6 +441,9 @@ func (w *writer) fail(err error) {
 	}
 }
 
+// errWriterGone: the writer closed meanwhile; act on the path instead.
+var errWriterGone = errors.New("writer closed")
+
 // truncate sets the size: setstat or fsetstat of a file being written.
 func (w *writer) truncate(size int64) error {
 	if size < 0 || size > maxFileSize {
@@ -442,6 +451,9 @@ func (w *writer) truncate(size int64) error {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.closed {
+		return errWriterGone
+	}
 	if w.err != nil && size < w.hw {
 		// After a failed write, what is on disk is the prefix that
 		// arrived in order, and it stays: OpenSSH's sftp cuts a failed
@@ -460,10 +472,14 @@ func (w *writer) truncate(size int64) error {
 	kept := w.held[:0]
 	for _, s := range w.held {
 		if s.off < size {
-			s.data = s.data[:min(int64(len(s.data)), size-s.off)]
+			cut := int64(len(s.data)) - min(int64(len(s.data)), size-s.off)
+			s.data = s.data[:int64(len(s.data))-cut]
+			w.heldN -= cut
+			heldTotal.Add(-cut)
 			kept = append(kept, s)
 		} else {
 			w.heldN -= int64(len(s.data))
+			heldTotal.Add(-int64(len(s.data)))
 		}
 	}
 	w.held = kept
@@ -471,10 +487,23 @@ func (w *writer) truncate(size int64) error {
 }
 
 // chmod and chtimes act on the file being written (for an overwrite, the
-// new content), so that fsetstat before close is not lost.
-func (w *writer) chmod(mode fs.FileMode) error { return w.f.Chmod(mode) }
+// new content), so that fsetstat before close is not lost. Under mu, the
+// file cannot be closed (and its descriptor reused) meanwhile.
+func (w *writer) chmod(mode fs.FileMode) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return errWriterGone
+	}
+	return w.f.Chmod(mode)
+}
 
 func (w *writer) chtimes(atime, mtime time.Time) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return errWriterGone
+	}
 	tv := []unix.Timeval{unix.NsecToTimeval(atime.UnixNano()), unix.NsecToTimeval(mtime.UnixNano())}
 	return unix.Futimes(int(w.f.Fd()), tv)
 }
@@ -496,6 +525,7 @@ func (w *writer) close() error {
 		w.drain(true)
 		broken = w.err != nil
 	}
+	heldTotal.Add(-w.heldN)
 	w.held, w.heldN = nil, 0
 	if w.temp != "" && broken {
 		w.discard()

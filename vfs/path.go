@@ -26,28 +26,3 @@ func rel(p string) (string, error) {
 	}
 	return c[1:], nil
 }
-
-// escapes reports whether a relative symlink target, resolved lexically from
-// the directory dir (a virtual path), would climb above the home. Absolute
-// targets always count as escaping: a target is a host path to the kernel.
-func escapes(dir, target string) bool {
-	if target == "" || path.IsAbs(target) {
-		return true
-	}
-	depth := 0
-	if c := Clean(dir); c != "/" {
-		depth = strings.Count(c, "/")
-	}
-	for _, e := range strings.Split(target, "/") {
-		switch e {
-		case "", ".":
-		case "..":
-			if depth--; depth < 0 {
-				return true
-			}
-		default:
-			depth++
-		}
-	}
-	return false
-}

@@ -101,20 +101,27 @@ func (f *FS) SetLimits(l Limits) {
 }
 
 // Rescan recomputes the usage from disk, for files changed outside silo.
-// Files open for writing count with what they have reserved.
+// A file being written counts with what its writer has accounted, not with
+// what the walk happens to see of it. A write that completes while the walk
+// runs can still be missed or counted twice; the next rescan or restart
+// settles it.
 func (f *FS) Rescan() error {
-	u, err := scan(f.root, false)
+	f.mu.Lock()
+	writers := make([]*writer, 0, len(f.writers))
+	skip := make(map[fileID]bool)
+	for id, w := range f.writers {
+		writers = append(writers, w)
+		if w.temp == "" {
+			skip[id] = true
+		}
+	}
+	f.mu.Unlock()
+	u, err := scan(f.root, false, skip)
 	if err != nil {
 		return err
 	}
-	f.mu.Lock()
-	writers := make([]*writer, 0, len(f.writers))
-	for _, w := range f.writers {
-		writers = append(writers, w)
-	}
-	f.mu.Unlock()
 	for _, w := range writers {
-		u.Bytes += w.inflight()
+		u.Bytes += w.accounted()
 	}
 	f.mu.Lock()
 	f.used = u
@@ -130,7 +137,7 @@ func Scan(dir string) (Usage, error) {
 		return Usage{}, err
 	}
 	defer root.Close()
-	return scan(root, false)
+	return scan(root, false, nil)
 }
 
 // tempRE matches the names of overwrite temp files. Each is created beside
@@ -142,8 +149,9 @@ var tempRE = regexp.MustCompile(`^\.silo-tmp\.[0-9a-f]{16}$`)
 const tempPrefix = ".silo-tmp."
 
 // scan walks the home without following links. With clean, it removes
-// stale temp files; without, it leaves them out of the count.
-func scan(root *os.Root, clean bool) (Usage, error) {
+// stale temp files; without, it leaves them out of the count. Files in skip
+// are left out too.
+func scan(root *os.Root, clean bool, skip map[fileID]bool) (Usage, error) {
 	var u Usage
 	err := fs.WalkDir(root.FS(), ".", func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -163,6 +171,10 @@ func scan(root *os.Root, clean bool) (Usage, error) {
 			}
 			if err != nil {
 				return err
+			}
+			if skip[idOf(fi)] {
+				u.Files++ // counted by its writer in bytes only
+				return nil
 			}
 			u.Bytes += fi.Size()
 			u.Files++

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -59,7 +60,7 @@ func Open(dir string, opt Options) (*FS, error) {
 	if err != nil {
 		return nil, err
 	}
-	used, err := scan(root, true)
+	used, err := scan(root, true, nil)
 	if err != nil {
 		root.Close()
 		return nil, err
@@ -126,33 +127,50 @@ func (f *FS) parent(r string) (*os.File, string, error) {
 }
 
 // Remove deletes a file or a symbolic link (not its target), never a
-// directory, and gives back what it counted.
+// directory, and gives back what it counted. A file being written is busy.
 func (f *FS) Remove(name string) error {
 	r, err := f.rel(name)
 	if err != nil {
 		return wrap("remove", name, err)
 	}
-	fi, err := f.root.Lstat(r)
-	if err == nil && f.busy(r) {
-		err = ErrBusy
-	}
-	if err == nil {
-		err = f.unlinkat(r, 0)
-	}
+	d, base, err := f.parent(r)
 	if err != nil {
 		return wrap("remove", name, err)
 	}
-	f.forget(fi)
+	defer d.Close()
+	// The check and the unlink happen under mu, on the same directory
+	// entry, so that no writer can take the file in between.
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var st unix.Stat_t
+	if err := unix.Fstatat(int(d.Fd()), base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return wrap("remove", name, err)
+	}
+	if f.busyLocked(&st) {
+		return wrap("remove", name, ErrBusy)
+	}
+	if err := unix.Unlinkat(int(d.Fd()), base, 0); err != nil {
+		return wrap("remove", name, err)
+	}
+	f.forgetLocked(&st)
 	return nil
 }
 
-// forget gives back what an entry that is gone counted.
-func (f *FS) forget(fi fs.FileInfo) {
-	switch {
-	case fi.Mode().IsRegular():
-		f.adjust(-fi.Size(), -1)
-	case fi.Mode()&fs.ModeSymlink != 0:
-		f.adjust(0, -1)
+// busyLocked reports whether st is a regular file being written. Caller
+// holds mu.
+func (f *FS) busyLocked(st *unix.Stat_t) bool {
+	return st.Mode&unix.S_IFMT == unix.S_IFREG && f.writers[fileID{uint64(st.Dev), st.Ino}] != nil
+}
+
+// forgetLocked gives back what an entry that is gone counted. Caller holds
+// mu.
+func (f *FS) forgetLocked(st *unix.Stat_t) {
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		f.used.Bytes = max(0, f.used.Bytes-st.Size)
+		f.used.Files = max(0, f.used.Files-1)
+	case unix.S_IFLNK:
+		f.used.Files = max(0, f.used.Files-1)
 	}
 }
 
@@ -197,13 +215,6 @@ func (f *FS) rename(oldname, newname string, flags uint) error {
 	if err != nil {
 		return wrap("rename", newname, err)
 	}
-	if f.busy(or) {
-		return wrap("rename", oldname, ErrBusy)
-	}
-	replaced, lerr := f.root.Lstat(nr)
-	if lerr == nil && f.busy(nr) {
-		return wrap("rename", newname, ErrBusy)
-	}
 	od, obase, err := f.parent(or)
 	if err != nil {
 		return wrap("rename", oldname, err)
@@ -214,11 +225,25 @@ func (f *FS) rename(oldname, newname string, flags uint) error {
 		return wrap("rename", newname, err)
 	}
 	defer nd.Close()
+	// As in Remove: the checks and the move under mu.
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var ost, nst unix.Stat_t
+	if err := unix.Fstatat(int(od.Fd()), obase, &ost, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return wrap("rename", oldname, err)
+	}
+	if f.busyLocked(&ost) {
+		return wrap("rename", oldname, ErrBusy)
+	}
+	replaced := unix.Fstatat(int(nd.Fd()), nbase, &nst, unix.AT_SYMLINK_NOFOLLOW) == nil
+	if replaced && f.busyLocked(&nst) {
+		return wrap("rename", newname, ErrBusy)
+	}
 	err = unix.Renameat2(int(od.Fd()), obase, int(nd.Fd()), nbase, flags)
 	if err == unix.EINVAL && flags&unix.RENAME_NOREPLACE != 0 {
-		// The filesystem lacks RENAME_NOREPLACE: check, then move. The
-		// window between the two only matters to this user's own sessions.
-		if unix.Fstatat(int(nd.Fd()), nbase, new(unix.Stat_t), unix.AT_SYMLINK_NOFOLLOW) == nil {
+		// The filesystem lacks RENAME_NOREPLACE: the check above, under mu,
+		// then the move.
+		if replaced {
 			err = unix.EEXIST
 		} else {
 			err = unix.Renameat(int(od.Fd()), obase, int(nd.Fd()), nbase)
@@ -230,26 +255,21 @@ func (f *FS) rename(oldname, newname string, flags uint) error {
 	case err != nil:
 		return wrap("rename", newname, err)
 	}
-	if lerr == nil && !os.SameFile(replaced, mustLstat(f.root, nr)) {
-		f.forget(replaced)
+	if replaced && (nst.Dev != ost.Dev || nst.Ino != ost.Ino) {
+		f.forgetLocked(&nst)
 	}
 	return nil
-}
-
-func mustLstat(root *os.Root, r string) fs.FileInfo {
-	fi, _ := root.Lstat(r)
-	return fi
 }
 
 // Symlink creates linkname pointing at target. The target must be relative
 // and, resolved from linkname's directory, stay inside the home.
 func (f *FS) Symlink(target, linkname string) error {
-	r, err := rel(linkname)
+	r, err := f.rel(linkname)
 	if err != nil {
 		return wrap("symlink", linkname, err)
 	}
-	if escapes(path.Dir(Clean(linkname)), target) {
-		return wrap("symlink", linkname, ErrEscape)
+	if err := f.checkTarget(path.Dir(r), target); err != nil {
+		return wrap("symlink", linkname, err)
 	}
 	if err := f.reserve(0, 1); err != nil {
 		return wrap("symlink", linkname, err)
@@ -259,6 +279,81 @@ func (f *FS) Symlink(target, linkname string) error {
 		return wrap("symlink", linkname, err)
 	}
 	return nil
+}
+
+// checkTarget refuses a link target that would lead outside the home from
+// the directory dir (root-relative). A lexical check is not enough when
+// links are involved: dir itself may sit below a link to a shallower place
+// ("d -> ." makes d/d/d the home), and a target may climb out of a link it
+// went through ("d/.." with d -> . is the home's parent). So the depth is
+// counted on disk, from dir up to the home, and ".." right after a link is
+// refused.
+func (f *FS) checkTarget(dir, target string) error {
+	if target == "" || path.IsAbs(target) || strings.IndexByte(target, 0) >= 0 {
+		return ErrEscape
+	}
+	depth, err := f.depth(dir)
+	if err != nil {
+		return err
+	}
+	walked := dir
+	prevLink := false
+	for _, e := range strings.Split(target, "/") {
+		switch e {
+		case "", ".":
+			continue
+		case "..":
+			if prevLink {
+				return ErrEscape
+			}
+			if depth--; depth < 0 {
+				return ErrEscape
+			}
+			walked = path.Dir(walked)
+		default:
+			depth++
+			walked = path.Join(walked, e)
+		}
+		fi, err := f.root.Lstat(walked)
+		prevLink = err == nil && fi.Mode()&fs.ModeSymlink != 0
+	}
+	return nil
+}
+
+// depth counts the directories from dir (root-relative, links followed
+// inside the home) up to the home, by walking "..": the real nesting, not
+// the name's.
+func (f *FS) depth(dir string) (int, error) {
+	root, err := f.root.Open(".")
+	if err != nil {
+		return 0, err
+	}
+	defer root.Close()
+	rfi, err := root.Stat()
+	if err != nil {
+		return 0, err
+	}
+	d, err := f.root.OpenFile(dir, os.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, err
+	}
+	for n := 0; ; n++ {
+		fi, err := d.Stat()
+		if err != nil || n > 4096 {
+			d.Close()
+			return 0, ErrEscape
+		}
+		if os.SameFile(fi, rfi) {
+			d.Close()
+			return n, nil
+		}
+		fd, err := unix.Openat(int(d.Fd()), "..", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		d.Close()
+		if err != nil {
+			return 0, err
+		}
+		d = os.NewFile(uintptr(fd), "..")
+	}
 }
 
 // Readlink returns a symbolic link's target. A link that leads outside the
@@ -273,8 +368,8 @@ func (f *FS) Readlink(name string) (string, error) {
 	if err != nil {
 		return "", wrap("readlink", name, err)
 	}
-	if escapes(path.Dir(Clean(name)), target) {
-		return "", wrap("readlink", name, ErrEscape)
+	if err := f.checkTarget(path.Dir(r), target); err != nil {
+		return "", wrap("readlink", name, err)
 	}
 	return target, nil
 }
@@ -289,7 +384,9 @@ func (f *FS) Chmod(name string, mode fs.FileMode) error {
 	}
 	mode &= fs.ModePerm
 	if w := f.writerOf(r); w != nil {
-		return wrap("chmod", name, w.chmod(mode|0o600))
+		if err := w.chmod(mode | 0o600); err != errWriterGone {
+			return wrap("chmod", name, err)
+		}
 	}
 	fi, err := f.root.Stat(r)
 	if err == nil {
@@ -310,7 +407,9 @@ func (f *FS) Chtimes(name string, atime, mtime time.Time) error {
 		return wrap("chtimes", name, err)
 	}
 	if w := f.writerOf(r); w != nil {
-		return wrap("chtimes", name, w.chtimes(atime, mtime))
+		if err := w.chtimes(atime, mtime); err != errWriterGone {
+			return wrap("chtimes", name, err)
+		}
 	}
 	return wrap("chtimes", name, f.root.Chtimes(r, atime, mtime))
 }
@@ -324,7 +423,9 @@ func (f *FS) Truncate(name string, size int64) error {
 		return wrap("truncate", name, err)
 	}
 	if w := f.writerOf(r); w != nil {
-		return wrap("truncate", name, w.truncate(size))
+		if err := w.truncate(size); err != errWriterGone {
+			return wrap("truncate", name, err)
+		}
 	}
 	file, err := f.OpenFile(name, os.O_WRONLY)
 	if err != nil {

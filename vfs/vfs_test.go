@@ -21,17 +21,34 @@ func TestClean(t *testing.T) {
 	}
 }
 
-func TestEscapes(t *testing.T) {
+func TestLinkTargets(t *testing.T) {
+	f, dir := newFS(t)
+	os.MkdirAll(filepath.Join(dir, "a", "b"), 0o755)
+	os.Symlink(".", filepath.Join(dir, "d"))      // d/d/d is the home itself
+	os.Symlink("a/b", filepath.Join(dir, "deep")) // deep/.. is a, not the home
 	for _, tc := range []struct {
-		dir, target string
-		want        bool
+		link, target string
+		ok           bool
 	}{
-		{"/", "a", false}, {"/", "a/b/../c", false}, {"/d", "../a", false}, {"/d/e", "../../a", false},
-		{"/", "..", true}, {"/", "../x", true}, {"/d", "../../x", true}, {"/", "a/../../x", true},
-		{"/", "/etc", true}, {"/d", "/d/x", true}, {"/", "", true}, {"/d/e", "./../.././../x", true},
+		{"/l1", "a/b", true},
+		{"/a/b/l2", "../../x", true},
+		{"/a/l3", "b/../..", true},
+		{"/l4", "..", false},
+		{"/l5", "a/../../x", false},
+		{"/a/b/l6", "../../../x", false},
+		{"/l7", "/etc", false},
+		{"/l8", "", false},
+		{"/d/d/d/l9", "../../../etc/shadow", false}, // lexically 3 deep, really in the home
+		{"/l10", "d/../x", false},                   // climbs out of d, which is the home
+		{"/l11", "deep/../x", false},                // ".." after a link: refused, whatever it is
+		{"/l12", "d/a/b", true},
 	} {
-		if got := escapes(tc.dir, tc.target); got != tc.want {
-			t.Errorf("escapes(%q, %q) = %v, want %v", tc.dir, tc.target, got, tc.want)
+		err := f.Symlink(tc.target, tc.link)
+		if (err == nil) != tc.ok {
+			t.Errorf("Symlink(%q, %q) = %v, want ok=%v", tc.target, tc.link, err, tc.ok)
+		}
+		if err != nil && !errors.Is(err, ErrEscape) {
+			t.Errorf("Symlink(%q, %q) = %v, want ErrEscape", tc.target, tc.link, err)
 		}
 	}
 }
