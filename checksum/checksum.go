@@ -16,11 +16,9 @@ import (
 	"fmt"
 	"hash"
 	"io"
-	"io/fs"
 	"os"
 	"strconv"
 	"strings"
-	"syscall"
 
 	"golang.org/x/crypto/blake2b"
 
@@ -312,25 +310,11 @@ func unescape(s string) (string, bool) {
 	return b.String(), true
 }
 
-// describe gives an error the strerror text GNU prints.
+// describe is the message for a failed read: strerror's words, and
+// "Interrupted" when the channel closed under a running hash.
 func describe(err error) string {
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		return "No such file or directory"
-	case errors.Is(err, vfs.ErrIsDir):
-		return "Is a directory"
-	case errors.Is(err, vfs.ErrNotDir):
-		return "Not a directory"
-	case errors.Is(err, vfs.ErrNotRegular):
-		return "Not a regular file"
-	case errors.Is(err, fs.ErrPermission), errors.Is(err, vfs.ErrEscape):
-		return "Permission denied"
-	case errors.Is(err, syscall.ENAMETOOLONG):
-		return "File name too long"
-	case errors.Is(err, syscall.ELOOP):
-		return "Too many levels of symbolic links"
-	case errors.Is(err, context.Canceled):
+	if errors.Is(err, context.Canceled) {
 		return "Interrupted"
 	}
-	return "Input/output error"
+	return vfs.Strerror(err)
 }

@@ -181,34 +181,6 @@ func (s *session) response() error {
 
 var errSkip = errors.New("scp: skipped")
 
-// describe is an error as the client should print it, without host paths.
-func describe(err error) string {
-	var qe *vfs.QuotaError
-	switch {
-	case errors.As(err, &qe):
-		return qe.Error()
-	case errors.Is(err, vfs.ErrBusy):
-		return vfs.ErrBusy.Error()
-	case errors.Is(err, fs.ErrNotExist):
-		return "No such file or directory"
-	case errors.Is(err, vfs.ErrIsDir):
-		return "Is a directory"
-	case errors.Is(err, vfs.ErrNotDir):
-		return "Not a directory"
-	case errors.Is(err, vfs.ErrNotRegular):
-		return "not a regular file"
-	case errors.Is(err, fs.ErrExist):
-		return "File exists"
-	case errors.Is(err, vfs.ErrEscape), errors.Is(err, fs.ErrPermission):
-		return "Permission denied"
-	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
-		return "No space left on device"
-	case errors.Is(err, syscall.ENAMETOOLONG):
-		return "File name too long"
-	}
-	return "Input/output error"
-}
-
 // validName checks a name from the protocol stream: one path element, not
 // empty, "." or "..".
 func validName(name string) bool {

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"silo/vfs"
 )
 
 // sink receives into target: a directory that the sent entries go into, or
@@ -112,7 +114,7 @@ func (s *session) sinkDir(np string, mode fs.FileMode, times *[2]time.Time) erro
 		return nil
 	case err != nil:
 		if err := s.fs.Mkdir(np); err != nil {
-			s.warn("%s: %s", np, describe(err))
+			s.warn("%s: %s", np, vfs.Strerror(err))
 			return nil
 		}
 	}
@@ -139,7 +141,7 @@ func (s *session) receive(np string, mode fs.FileMode, size int64, times *[2]tim
 	existed := statErr == nil
 	f, err := s.fs.OpenFile(np, os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
 	if err != nil {
-		s.warn("%s: %s", np, describe(err))
+		s.warn("%s: %s", np, vfs.Strerror(err))
 		return nil // the source skips this file's data
 	}
 	if err := s.ack(); err != nil {
@@ -176,7 +178,7 @@ func (s *session) receive(np string, mode fs.FileMode, size int64, times *[2]tim
 		werr = cerr
 	}
 	if werr != nil {
-		s.warn("%s: %s", np, describe(werr))
+		s.warn("%s: %s", np, vfs.Strerror(werr))
 		return nil
 	}
 	// As OpenSSH: a new file takes the sender's mode, an existing one only

@@ -23,7 +23,7 @@ func (s *session) sourceAll(args []string) error {
 	for _, a := range args {
 		names, err := s.expand(a)
 		if err != nil {
-			s.warn("%s: %s", a, describe(err))
+			s.warn("%s: %s", a, vfs.Strerror(err))
 			continue
 		}
 		for _, n := range names {
@@ -81,7 +81,7 @@ func (s *session) source(name string) error {
 	}
 	fi, err := s.fs.Stat(name)
 	if err != nil {
-		s.warn("%s: %s", name, describe(err))
+		s.warn("%s: %s", name, vfs.Strerror(err))
 		return nil
 	}
 	base := path.Base(vfs.Clean(name))
@@ -118,7 +118,7 @@ func (s *session) sendTimes(fi fs.FileInfo) error {
 func (s *session) sendFile(name, base string, fi fs.FileInfo) error {
 	f, err := s.fs.OpenFile(name, os.O_RDONLY)
 	if err != nil {
-		s.warn("%s: %s", name, describe(err))
+		s.warn("%s: %s", name, vfs.Strerror(err))
 		return nil
 	}
 	defer f.Close()
@@ -150,7 +150,7 @@ func (s *session) sendFile(name, base string, fi fs.FileInfo) error {
 		off += n
 	}
 	if rerr != nil {
-		s.warn("%s: %s", name, describe(rerr))
+		s.warn("%s: %s", name, vfs.Strerror(rerr))
 	} else if err := s.ack(); err != nil {
 		return errStop
 	}
@@ -167,7 +167,7 @@ func (s *session) sendDir(name, base string, fi fs.FileInfo) error {
 	}
 	d, err := s.fs.ReadDir(name)
 	if err != nil {
-		s.warn("%s: %s", name, describe(err))
+		s.warn("%s: %s", name, vfs.Strerror(err))
 	} else {
 		defer d.Close()
 		for {
@@ -181,7 +181,7 @@ func (s *session) sendDir(name, base string, fi fs.FileInfo) error {
 				break
 			}
 			if err != nil {
-				s.warn("%s: %s", name, describe(err))
+				s.warn("%s: %s", name, vfs.Strerror(err))
 				break
 			}
 		}

@@ -19,6 +19,21 @@ import (
 	"golang.org/x/crypto/ssh"
 )
 
+// addKeyUser adds a user who logs in with a new ed25519 key, and returns
+// the private key's file.
+func addKeyUser(t *testing.T, cfg, name string) string {
+	t.Helper()
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	block, _ := ssh.MarshalPrivateKey(priv, name)
+	keyFile := filepath.Join(filepath.Dir(cfg), "id_"+name)
+	os.WriteFile(keyFile, pem.EncodeToMemory(block), 0o600)
+	signer, _ := ssh.NewSignerFromKey(priv)
+	if _, stderr, code := silo(t, "", "user", "add", name, "--key", string(ssh.MarshalAuthorizedKey(signer.PublicKey())), "--config", cfg); code != 0 {
+		t.Fatal(stderr)
+	}
+	return keyFile
+}
+
 // TestCrashThenReput kills silo with SIGKILL in the middle of a 200 MiB
 // upload with 64 requests in flight, ten times: each time the partial file
 // must be a prefix of the data sent, and reput after a restart must make it
@@ -32,14 +47,7 @@ func TestCrashThenReput(t *testing.T) {
 	}
 	cfg := writeConfig(t, testConfig)
 	dir := filepath.Dir(cfg)
-	_, priv, _ := ed25519.GenerateKey(rand.Reader)
-	block, _ := ssh.MarshalPrivateKey(priv, "crash")
-	keyFile := filepath.Join(dir, "id")
-	os.WriteFile(keyFile, pem.EncodeToMemory(block), 0o600)
-	signer, _ := ssh.NewSignerFromKey(priv)
-	if _, stderr, code := silo(t, "", "user", "add", "alice", "--key", string(ssh.MarshalAuthorizedKey(signer.PublicKey())), "--config", cfg); code != 0 {
-		t.Fatal(stderr)
-	}
+	keyFile := addKeyUser(t, cfg, "alice")
 	data := make([]byte, 200<<20)
 	rand.Read(data)
 	local := filepath.Join(t.TempDir(), "data")
@@ -107,12 +115,7 @@ func TestSIGTERMLetsUploadFinish(t *testing.T) {
 	}
 	cfg := writeConfig(t, testConfig)
 	dir := filepath.Dir(cfg)
-	_, priv, _ := ed25519.GenerateKey(rand.Reader)
-	block, _ := ssh.MarshalPrivateKey(priv, "term")
-	keyFile := filepath.Join(dir, "id")
-	os.WriteFile(keyFile, pem.EncodeToMemory(block), 0o600)
-	signer, _ := ssh.NewSignerFromKey(priv)
-	silo(t, "", "user", "add", "alice", "--key", string(ssh.MarshalAuthorizedKey(signer.PublicKey())), "--config", cfg)
+	keyFile := addKeyUser(t, cfg, "alice")
 	data := make([]byte, 400<<20)
 	rand.Read(data)
 	local := filepath.Join(t.TempDir(), "data")
