@@ -11,8 +11,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/crypto/ssh"
 )
 
 // shellQuote joins words into one command line that a POSIX shell (and
@@ -196,11 +194,7 @@ func TestChecksumStopsWhenChannelCloses(t *testing.T) {
 	f, _ := os.Create(filepath.Join(home, "huge"))
 	f.Truncate(64 << 30) // sparse: minutes of hashing
 	f.Close()
-	c, err := ts.dial("alice", ssh.PublicKeys(shared.keys["alice"].signer))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := ts.connect("alice", "alice")
 	sess, _ := c.NewSession()
 	if err := sess.Start("sha512sum huge"); err != nil {
 		t.Fatal(err)

@@ -333,19 +333,27 @@ func (ts *testServer) dial(user string, methods ...ssh.AuthMethod) (*ssh.Client,
 	return ssh.Dial("tcp", ts.addr, ts.clientConfig(user, methods...))
 }
 
-// sftpClient logs in with the user's shared key and opens a pkg/sftp client.
-func (ts *testServer) sftpClient(user, key string) *sftp.Client {
+// connect logs in with one of the shared keys; the connection closes when
+// the test ends.
+func (ts *testServer) connect(user, key string) *ssh.Client {
 	ts.t.Helper()
 	c, err := ts.dial(user, ssh.PublicKeys(shared.keys[key].signer))
 	if err != nil {
 		ts.t.Fatalf("login %s: %v", user, err)
 	}
-	sc, err := sftp.NewClient(c)
+	ts.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// sftpClient logs in with one of the shared keys and opens a pkg/sftp
+// client.
+func (ts *testServer) sftpClient(user, key string) *sftp.Client {
+	ts.t.Helper()
+	sc, err := sftp.NewClient(ts.connect(user, key))
 	if err != nil {
-		c.Close()
 		ts.t.Fatalf("sftp %s: %v", user, err)
 	}
-	ts.t.Cleanup(func() { sc.Close(); c.Close() })
+	ts.t.Cleanup(func() { sc.Close() })
 	return sc
 }
 

@@ -163,11 +163,7 @@ func TestPerSourcePenalties(t *testing.T) {
 func TestMaxSessions(t *testing.T) {
 	ts := startServer(t)
 	ts.addUser("alice", "", "alice")
-	c, err := ts.dial("alice", ssh.PublicKeys(shared.keys["alice"].signer))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := ts.connect("alice", "alice")
 	var sessions []*ssh.Session
 	for i := range 10 {
 		s, err := c.NewSession()
@@ -205,11 +201,7 @@ func rss(t *testing.T) int64 {
 func TestRejectedChannelsKeepMemoryFlat(t *testing.T) {
 	ts := startServer(t)
 	ts.addUser("alice", "", "alice")
-	c, err := ts.dial("alice", ssh.PublicKeys(shared.keys["alice"].signer))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := ts.connect("alice", "alice")
 	reject := func(n int) {
 		for range n {
 			if _, _, err := c.OpenChannel("direct-tcpip", ssh.Marshal(struct {

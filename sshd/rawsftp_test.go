@@ -65,11 +65,7 @@ const (
 
 func (ts *testServer) rawSFTP(user, key string) *rawSFTP {
 	ts.t.Helper()
-	c, err := ts.dial(user, ssh.PublicKeys(shared.keys[key].signer))
-	if err != nil {
-		ts.t.Fatal(err)
-	}
-	ts.t.Cleanup(func() { c.Close() })
+	c := ts.connect(user, key)
 	sess, err := c.NewSession()
 	if err != nil {
 		ts.t.Fatal(err)

@@ -133,11 +133,7 @@ type scpSession struct {
 
 func (ts *testServer) scpRaw(user, key, command string) *scpSession {
 	ts.t.Helper()
-	c, err := ts.dial(user, ssh.PublicKeys(shared.keys[key].signer))
-	if err != nil {
-		ts.t.Fatal(err)
-	}
-	ts.t.Cleanup(func() { c.Close() })
+	c := ts.connect(user, key)
 	sess, _ := c.NewSession()
 	w, _ := sess.StdinPipe()
 	r, _ := sess.StdoutPipe()

@@ -36,11 +36,7 @@ func TestUnknownCommandExits127(t *testing.T) {
 func TestSessionRequestsRefused(t *testing.T) {
 	ts := startServer(t)
 	ts.addUser("alice", "", "alice")
-	c, err := ts.dial("alice", ssh.PublicKeys(shared.keys["alice"].signer))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := ts.connect("alice", "alice")
 	sess, err := c.NewSession()
 	if err != nil {
 		t.Fatal(err)
@@ -87,11 +83,7 @@ func TestSessionRequestsRefused(t *testing.T) {
 func TestForwardingRefused(t *testing.T) {
 	ts := startServer(t)
 	ts.addUser("alice", "", "alice")
-	c, err := ts.dial("alice", ssh.PublicKeys(shared.keys["alice"].signer))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := ts.connect("alice", "alice")
 	if conn, err := c.Dial("tcp", ts.addr); err == nil {
 		conn.Close()
 		t.Fatal("direct-tcpip channel accepted")
