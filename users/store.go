@@ -53,9 +53,6 @@ func OpenStore(path string, log *slog.Logger) (*Store, error) {
 	return s, nil
 }
 
-// Path returns the users file's path.
-func (s *Store) Path() string { return s.path }
-
 func statStamp(path string) stamp {
 	fi, err := os.Stat(path)
 	if err != nil {

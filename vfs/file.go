@@ -272,12 +272,6 @@ func (f *File) Truncate(size int64) error {
 	return wrap("truncate", f.name, f.w.truncate(size))
 }
 
-// Stat describes the open file.
-func (f *File) Stat() (fs.FileInfo, error) {
-	fi, err := f.f.Stat()
-	return fi, wrap("stat", f.name, err)
-}
-
 // Abort marks an upload as broken off (the client went away): Close then
 // keeps only what arrived in order, and an overwrite leaves the old file.
 func (f *File) Abort() {

@@ -85,13 +85,6 @@ func (f *FS) Usage() Usage {
 	return f.used
 }
 
-// Limits returns the home's limits.
-func (f *FS) Limits() Limits {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.limits
-}
-
 // SetLimits changes the limits. Usage already over a lowered limit stays;
 // only growth is refused.
 func (f *FS) SetLimits(l Limits) {
