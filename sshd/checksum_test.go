@@ -108,16 +108,14 @@ func TestChecksumCheckMode(t *testing.T) {
 	}
 	for _, cmd := range sumCommands {
 		t.Run(cmd, func(t *testing.T) {
-			sums, _, _ := gnu(t, home, "", cmd, "good", "changed", "new\nline", "with space", "gone")
-			sums += "not a checksum line\n# a comment\n"
-			tagged, _, _ := gnu(t, home, "", cmd, "--tag", "good", "new\nline")
-			writeFile(t, filepath.Join(home, cmd+".sums"), []byte(sums))
-			writeFile(t, filepath.Join(home, cmd+".tagged"), []byte(tagged))
-			// "gone" is listed but missing; "changed" changes after listing.
+			// "gone" is listed, then removed; "changed" changes after
+			// listing; one line is not a checksum line.
 			os.WriteFile(filepath.Join(home, "gone"), nil, 0o644)
-			sums, _, _ = gnu(t, home, "", cmd, "good", "changed", "new\nline", "with space", "gone")
+			sums, _, _ := gnu(t, home, "", cmd, "good", "changed", "new\nline", "with space", "gone")
 			writeFile(t, filepath.Join(home, cmd+".sums"), []byte(sums+"not a checksum line\n# a comment\n"))
 			os.Remove(filepath.Join(home, "gone"))
+			tagged, _, _ := gnu(t, home, "", cmd, "--tag", "good", "new\nline")
+			writeFile(t, filepath.Join(home, cmd+".tagged"), []byte(tagged))
 			defer writeFile(t, filepath.Join(home, "changed"), randomBytes(5000))
 			writeFile(t, filepath.Join(home, "changed"), []byte("different"))
 			for _, args := range [][]string{
