@@ -155,37 +155,29 @@ func (f *FS) register(osf *os.File, name string) (*File, error) {
 }
 
 // openOverwrite starts an overwrite of the file open as orig: the new
-// content goes to a temp file in the same directory.
+// content goes to a temp file in the same directory as the file itself, so
+// that an overwrite through a symbolic link replaces the link's target, not
+// the link, and only once the upload is complete.
 func (f *FS) openOverwrite(r, name string, orig *os.File, access int) (*File, error) {
 	defer orig.Close()
 	fi, err := orig.Stat()
 	if err != nil {
 		return nil, err
 	}
-	lfi, err := f.root.Lstat(r)
-	if err != nil {
+	if r, err = f.resolve(r); err != nil {
 		return nil, err
-	}
-	if lfi.Mode()&fs.ModeSymlink != 0 {
-		// Replacing the path would replace the link, not its target:
-		// truncate the target in place instead.
-		osf, err := f.openRegular(r, access)
-		if err != nil {
-			return nil, err
-		}
-		file, err := f.register(osf, name)
-		if err != nil {
-			return nil, err
-		}
-		if err := file.w.truncate(0); err != nil {
-			file.Close()
-			return nil, err
-		}
-		return file, nil
 	}
 	dir, base, err := f.parent(r)
 	if err != nil {
 		return nil, err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstatat(int(dir.Fd()), base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil ||
+		(fileID{uint64(st.Dev), st.Ino}) != idOf(fi) {
+		// A link on the way changed since the open: the file found is
+		// not the one opened.
+		dir.Close()
+		return nil, syscall.EAGAIN
 	}
 	var tmp *os.File
 	var tname string

@@ -431,3 +431,52 @@ func TestFsyncOption(t *testing.T) {
 	}
 	checkUsage(t, f, dir)
 }
+
+// An overwrite through a symbolic link replaces the link's target the way a
+// direct overwrite replaces the file: only when the upload completes.
+func TestOverwriteThroughLinkKeepsTargetOnFailure(t *testing.T) {
+	f, dir := newQuotaFS(t, Limits{Bytes: 8 << 20})
+	orig := randBytes(6 << 20)
+	if err := put(f, "data.bin", create, orig, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Mkdir("sub"); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range [][2]string{{"data.bin", "ln"}, {"../data.bin", "sub/ln"}, {"ln", "ln2"}} {
+		if err := f.Symlink(l[0], l[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	unchanged := func(what string) {
+		t.Helper()
+		if got, _ := os.ReadFile(filepath.Join(dir, "data.bin")); !bytes.Equal(got, orig) {
+			t.Fatalf("%s: data.bin changed (%d bytes)", what, len(got))
+		}
+		for _, l := range []string{"ln", "sub/ln", "ln2"} {
+			if fi, err := os.Lstat(filepath.Join(dir, l)); err != nil || fi.Mode()&fs.ModeSymlink == 0 {
+				t.Fatalf("%s: %s is no longer a link", what, l)
+			}
+		}
+		checkUsage(t, f, dir)
+	}
+	for _, l := range []string{"ln", "sub/ln", "ln2"} {
+		if err := put(f, l, create, randBytes(10<<20), 0); !errors.Is(err, ErrQuotaExceeded) {
+			t.Fatalf("overwrite of %s over the quota: %v", l, err)
+		}
+		unchanged("over the quota through " + l)
+		file, err := f.OpenFile(l, create)
+		if err != nil {
+			t.Fatal(err)
+		}
+		file.WriteAt(randBytes(2<<20), 0)
+		file.Abort()
+		file.Close()
+		unchanged("aborted through " + l)
+	}
+	orig = randBytes(1 << 20)
+	if err := put(f, "sub/ln", create, orig, 0); err != nil {
+		t.Fatal(err)
+	}
+	unchanged("completed through sub/ln")
+}
