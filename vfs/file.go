@@ -1,16 +1,13 @@
 package vfs
 
 import (
-	"cmp"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"io"
 	"io/fs"
 	"os"
-	"slices"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -22,18 +19,6 @@ var ErrBusy = errors.New("file is being written by another session")
 
 // maxFileSize bounds offsets and sizes; past it, arithmetic could overflow.
 const maxFileSize = 1 << 62
-
-// maxHeldBack bounds the out-of-order write data a file holds in memory
-// (see writer), and maxHeldTotal what all files together hold. OpenSSH's
-// sftp has at most 64 requests of 255 KiB in flight; a client that writes
-// further ahead, or many files out of order at once, gets its writes in
-// place, holes and all.
-const (
-	maxHeldBack  = 32 << 20
-	maxHeldTotal = 512 << 20
-)
-
-var heldTotal atomic.Int64
 
 // fileID identifies a file across renames.
 type fileID struct{ dev, ino uint64 }
@@ -285,10 +270,8 @@ func (f *File) Close() error {
 }
 
 // writer is the state of a file open for writing. Its writes are accounted
-// against the quota by the growth they cause, and put on disk in order: a
-// write that arrives ahead of a gap (pkg/sftp runs several at once) is held
-// back until the gap is filled, so that the file on disk is always a prefix
-// of what the client sent, even if silo is killed.
+// against the quota by the growth they cause, and put on disk in order (see
+// order.go).
 type writer struct {
 	fs *FS
 	f  *os.File
@@ -301,18 +284,19 @@ type writer struct {
 	credit     int64 // the replaced file's size, which counts already
 
 	mu      sync.Mutex
-	size    int64 // apparent size, as accounted
-	hw      int64 // [0, hw) holds the client's data without holes
-	held    []span
-	heldN   int64
-	aborted bool  // the client went away
-	err     error // the first write failure
+	size    int64  // apparent size, as accounted
+	hw      int64  // [0, hw) holds the client's data without holes
+	spans   []span // what lies beyond hw, by offset
+	heldN   int64  // bytes of spans held in memory
+	aborted bool   // the client went away
+	err     error  // the first write failure
 	closed  bool
-}
 
-type span struct {
-	off  int64
-	data []byte
+	// The mark file, while data beyond hw is on disk, and the hw it
+	// holds.
+	markf    *os.File
+	markName string
+	marked   int64
 }
 
 // charge is what a file of size bytes counts against the quota beyond what
@@ -365,60 +349,35 @@ func (w *writer) writeAt(p []byte, off int64) (int, error) {
 		w.fail(err)
 		return 0, err
 	}
-	if off > w.hw && w.heldN+int64(len(p)) <= maxHeldBack && hold(int64(len(p))) {
-		// pkg/sftp reuses p once this returns: hold a copy.
-		i, _ := slices.BinarySearchFunc(w.held, off, func(s span, off int64) int { return cmp.Compare(s.off, off) })
-		w.held = slices.Insert(w.held, i, span{off, slices.Clone(p)})
-		w.heldN += int64(len(p))
-		return len(p), nil
+	if off > w.hw {
+		n, err := w.ahead(p, off)
+		if err != nil {
+			w.fail(err)
+		}
+		return n, err
 	}
 	n, err := w.f.WriteAt(p, off)
 	if err != nil {
 		w.fail(err)
 		return n, err
 	}
-	if off <= w.hw && end > w.hw {
+	if end > w.hw {
 		w.hw = end
 		if err := w.drain(false); err != nil {
+			w.fail(err)
 			return n, err
 		}
 	}
 	return n, nil
 }
 
-// hold takes n bytes of the process-wide budget for held-back writes.
-func hold(n int64) bool {
-	if heldTotal.Add(n) > maxHeldTotal {
-		heldTotal.Add(-n)
-		return false
-	}
-	return true
-}
-
-// drain writes the held-back spans that now join the prefix, or with all,
-// every one of them.
-func (w *writer) drain(all bool) error {
-	for len(w.held) > 0 && (all || w.held[0].off <= w.hw) {
-		s := w.held[0]
-		w.held = w.held[1:]
-		w.heldN -= int64(len(s.data))
-		heldTotal.Add(-int64(len(s.data)))
-		if _, err := w.f.WriteAt(s.data, s.off); err != nil {
-			w.fail(err)
-			return err
-		}
-		if s.off <= w.hw {
-			w.hw = max(w.hw, s.off+int64(len(s.data)))
-		}
-	}
-	return nil
-}
-
 // flushHeld puts held-back writes on disk before a read on the same handle.
 func (w *writer) flushHeld() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.drain(true)
+	if err := w.drain(true); err != nil {
+		w.fail(err)
+	}
 }
 
 func (w *writer) fail(err error) {
@@ -455,21 +414,8 @@ func (w *writer) truncate(size int64) error {
 	}
 	w.shrink(size)
 	w.hw = min(w.hw, size)
-	kept := w.held[:0]
-	for _, s := range w.held {
-		if s.off < size {
-			cut := int64(len(s.data)) - min(int64(len(s.data)), size-s.off)
-			s.data = s.data[:int64(len(s.data))-cut]
-			w.heldN -= cut
-			heldTotal.Add(-cut)
-			kept = append(kept, s)
-		} else {
-			w.heldN -= int64(len(s.data))
-			heldTotal.Add(-int64(len(s.data)))
-		}
-	}
-	w.held = kept
-	return nil
+	w.cut(size)
+	return w.mark(w.spilled())
 }
 
 // chmod and chtimes act on the file being written (for an overwrite, the
@@ -508,11 +454,26 @@ func (w *writer) close() error {
 	}()
 	broken := w.aborted || w.err != nil
 	if !broken {
-		w.drain(true)
-		broken = w.err != nil
+		if err := w.drain(true); err != nil {
+			w.fail(err)
+			broken = true
+		}
 	}
-	heldTotal.Add(-w.heldN)
-	w.held, w.heldN = nil, 0
+	w.dropHeld()
+	if broken && w.spilled() {
+		// Only the prefix stays, as after a crash: a resume then
+		// continues from an end with nothing missing before it. If
+		// that fails, the mark stays for the next Open to act on.
+		if err := w.f.Truncate(w.hw); err != nil {
+			w.fail(err)
+			w.markf.Close()
+			w.markf = nil
+		}
+	}
+	w.spans = nil
+	if err := w.unmark(); err != nil {
+		w.fail(err)
+	}
 	if w.temp != "" && broken {
 		w.discard()
 		if w.err != nil {

@@ -8,6 +8,8 @@ import (
 	"regexp"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"silo/internal/human"
 )
 
@@ -109,7 +111,7 @@ func (f *FS) Rescan() error {
 		}
 	}
 	f.mu.Unlock()
-	u, err := scan(f.root, false, skip)
+	u, err := scan(f.root, false, skip, nil)
 	if err != nil {
 		return err
 	}
@@ -130,21 +132,26 @@ func Scan(dir string) (Usage, error) {
 		return Usage{}, err
 	}
 	defer root.Close()
-	return scan(root, false, nil)
+	return scan(root, false, nil, nil)
 }
 
-// tempRE matches the names of overwrite temp files. Each is created beside
-// the file it replaces and renamed over it when the upload completes, so one
-// that is still there when a home is opened is from a crash: the file it
-// was to replace is intact, and the temp file is removed.
-var tempRE = regexp.MustCompile(`^\.silo-tmp\.[0-9a-f]{16}$`)
+// reservedRE matches the names of silo's own files in a home, which are
+// not the user's: overwrite temp files, each created beside the file it
+// replaces and renamed over it when the upload completes, so that one still
+// there when a home is opened is from a crash (the file it was to replace
+// is intact, and the temp file is removed); and mark files (order.go).
+var (
+	reservedRE = regexp.MustCompile(`^\.silo-(tmp|mark)\.[0-9a-f]{16}$`)
+	markRE     = regexp.MustCompile(`^\.silo-mark\.[0-9a-f]{16}$`)
+)
 
 const tempPrefix = ".silo-tmp."
 
 // scan walks the home without following links. With clean, it removes
-// stale temp files; without, it leaves them out of the count. Files in skip
-// are left out too.
-func scan(root *os.Root, clean bool, skip map[fileID]bool) (Usage, error) {
+// stale temp files and cuts files to the prefix their marks recorded (cuts,
+// from readMarks); without, it leaves temp files out of the count. Files
+// in skip are left out too. Mark files are never counted.
+func scan(root *os.Root, clean bool, skip map[fileID]bool, cuts map[fileID]int64) (Usage, error) {
 	var u Usage
 	err := fs.WalkDir(root.FS(), ".", func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -152,8 +159,8 @@ func scan(root *os.Root, clean bool, skip map[fileID]bool) (Usage, error) {
 		}
 		switch {
 		case d.Type().IsRegular():
-			if tempRE.MatchString(d.Name()) {
-				if clean {
+			if reservedRE.MatchString(d.Name()) {
+				if clean && !markRE.MatchString(d.Name()) {
 					return root.Remove(p)
 				}
 				return nil
@@ -165,11 +172,19 @@ func scan(root *os.Root, clean bool, skip map[fileID]bool) (Usage, error) {
 			if err != nil {
 				return err
 			}
-			if skip[idOf(fi)] {
+			id := idOf(fi)
+			if skip[id] {
 				u.Files++ // counted by its writer in bytes only
 				return nil
 			}
-			u.Bytes += fi.Size()
+			size := fi.Size()
+			if hw, ok := cuts[id]; ok && clean && size > hw {
+				if err := cutBack(root, p, id, hw); err != nil {
+					return err
+				}
+				size = hw
+			}
+			u.Bytes += size
 			u.Files++
 		case d.Type()&fs.ModeSymlink != 0:
 			u.Files++
@@ -182,8 +197,22 @@ func scan(root *os.Root, clean bool, skip map[fileID]bool) (Usage, error) {
 	return u, nil
 }
 
+// cutBack truncates the file at p, if it is still the file id, to the
+// prefix that its writer's mark recorded before silo stopped.
+func cutBack(root *os.Root, p string, id fileID, size int64) error {
+	f, err := root.OpenFile(p, os.O_WRONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || idOf(fi) != id {
+		return err
+	}
+	return f.Truncate(size)
+}
+
 // reserved reports whether a virtual path names a temp file, or something
 // inside one: such names belong to silo, not to the user.
 func reserved(clean string) bool {
-	return strings.Contains(clean, "/"+tempPrefix)
+	return strings.Contains(clean, "/"+tempPrefix) || strings.Contains(clean, "/"+markPrefix)
 }

@@ -365,7 +365,7 @@ func TestUsageSurvivesReopenAndRescan(t *testing.T) {
 	}
 	entries, _ := os.ReadDir(dir)
 	for _, e := range entries {
-		if tempRE.MatchString(e.Name()) {
+		if reservedRE.MatchString(e.Name()) {
 			t.Fatalf("stale temp file %s kept", e.Name())
 		}
 	}

@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -34,6 +35,8 @@ const (
 type FS struct {
 	root  *os.Root
 	fsync bool
+
+	held atomic.Int64 // bytes of out-of-order writes held in memory (order.go)
 
 	mu      sync.Mutex // guards what follows; taken after a writer's mu, never before
 	limits  Limits
@@ -60,10 +63,18 @@ func Open(dir string, opt Options) (*FS, error) {
 	if err != nil {
 		return nil, err
 	}
-	used, err := scan(root, true, nil)
+	cuts, marks, err := readMarks(root)
 	if err != nil {
 		root.Close()
 		return nil, err
+	}
+	used, err := scan(root, true, nil, cuts)
+	if err != nil {
+		root.Close()
+		return nil, err
+	}
+	for _, m := range marks {
+		root.Remove(m)
 	}
 	return &FS{root: root, fsync: opt.Fsync, limits: opt.Limits, used: used, writers: make(map[fileID]*writer)}, nil
 }
@@ -496,7 +507,7 @@ func (d *Dir) Next(n int) ([]fs.FileInfo, error) {
 		err = wrap("readdir", d.name, err)
 	}
 	// silo's temp files are not the user's.
-	fis = slices.DeleteFunc(fis, func(fi fs.FileInfo) bool { return tempRE.MatchString(fi.Name()) })
+	fis = slices.DeleteFunc(fis, func(fi fs.FileInfo) bool { return reservedRE.MatchString(fi.Name()) })
 	if len(fis) == 0 && err == nil {
 		return d.Next(n)
 	}
