@@ -14,4 +14,5 @@ require (
 require (
 	github.com/anmitsu/go-shlex v0.0.0-20200514113438-38f4b401e2be // indirect
 	github.com/kr/fs v0.1.0 // indirect
+	golang.org/x/sync v0.25.0 // indirect
 )

@@ -2,6 +2,7 @@ package sshd
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"io"
 	"log/slog"
@@ -9,8 +10,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/pkg/sftp"
 
 	"silo/vfs"
 )
@@ -41,12 +40,10 @@ func serveStream(t testing.TB, dir string, in []byte) {
 		t.Fatal(err)
 	}
 	defer fsys.Close()
-	st := &connState{}
-	h := &sftpHandler{fs: fsys, user: "fuzz", log: slog.New(slog.DiscardHandler), st: st, maxHandles: 16}
-	ch := &pipeChannel{r: bytes.NewReader(in)}
-	rs := sftp.NewRequestServer(newSFTPStream(ch, func() {}, 16), sftp.Handlers{FileGet: h, FilePut: h, FileCmd: h, FileList: h},
-		sftp.WithRSAllocator(), sftp.WithRSMaxTxPacket(maxSFTPData))
-	rs.Serve()
+	st := &connState{s: &Server{maxHandles: 64}}
+	h := &sftpHandler{fs: fsys, user: "fuzz", log: slog.New(slog.DiscardHandler), st: st,
+		acct: st.s.accounts.get("fuzz"), maxHandles: 16, maxPerUser: 32}
+	serveSFTP(context.Background(), &pipeChannel{r: bytes.NewReader(in)}, h, func() {})
 }
 
 type pipeChannel struct {

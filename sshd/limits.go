@@ -21,6 +21,7 @@ type Limits struct {
 	KeepaliveInterval     time.Duration // keepalive@openssh.com probes
 	KeepaliveCountMax     int           // unanswered probes before the connection is dropped
 	MaxOpenHandles        int           // per SFTP session
+	MaxOpenHandlesPerUser int           // all of a user's SFTP sessions together
 }
 
 // Startups is MaxStartups' start:rate:full. From start unauthenticated
@@ -43,6 +44,7 @@ func DefaultLimits() Limits {
 		KeepaliveInterval:     30 * time.Second,
 		KeepaliveCountMax:     3,
 		MaxOpenHandles:        256,
+		MaxOpenHandlesPerUser: 1024,
 	}
 }
 

@@ -245,7 +245,7 @@ func TestMaxOpenHandlesAndUnknownExtension(t *testing.T) {
 		}
 		handles = append(handles, r.str)
 	}
-	if r := c.open("/f", fxfRead); r.code != fxFailure || r.msg != "too many open handles" {
+	if r := c.open("/f", fxfRead); r.code != fxFailure || r.msg != "too many open handles in this session" {
 		t.Fatalf("257th handle: %+v", r)
 	}
 	if r := c.call(fxpOpendir, str("/")); r.code != fxFailure {

@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	gssh "github.com/gliderlabs/ssh"
@@ -51,6 +52,10 @@ type Server struct {
 
 	gate *gate
 
+	accounts   accounts
+	handles    atomic.Int64 // SFTP file handles open, all sessions
+	maxHandles int64        // the descriptors they may take (fdBudget)
+
 	mu    sync.Mutex
 	homes map[string]*home                   // open homes by user name
 	all   map[*connState]struct{}            // every open connection
@@ -79,8 +84,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Users == nil || cfg.Homes == "" {
 		return nil, errors.New("sshd: Users and Homes are required")
 	}
-	if cfg.Limits.LoginGraceTime <= 0 || cfg.Limits.MaxSessions <= 0 || cfg.Limits.MaxOpenHandles <= 0 {
-		return nil, errors.New("sshd: LoginGraceTime, MaxSessions and MaxOpenHandles must be positive")
+	if cfg.Limits.LoginGraceTime <= 0 || cfg.Limits.MaxSessions <= 0 || cfg.Limits.MaxOpenHandles <= 0 ||
+		cfg.Limits.MaxOpenHandlesPerUser <= 0 {
+		return nil, errors.New("sshd: LoginGraceTime, MaxSessions, MaxOpenHandles and MaxOpenHandlesPerUser must be positive")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -91,6 +97,8 @@ func New(cfg Config) (*Server, error) {
 		homes: make(map[string]*home),
 		all:   make(map[*connState]struct{}),
 		conns: make(map[string]map[*connState]struct{}),
+
+		maxHandles: fdBudget(),
 	}
 	s.gate = newGate(cfg.Limits, cfg.Penalties, func(src netip.Prefix, until time.Time) {
 		s.log.Warn("source blocked", "source", src.String(), "until", until.Format(time.RFC3339))

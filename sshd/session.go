@@ -9,7 +9,6 @@ import (
 	"strings"
 
 	gssh "github.com/gliderlabs/ssh"
-	"github.com/pkg/sftp"
 	gossh "golang.org/x/crypto/ssh"
 
 	"silo/checksum"
@@ -145,16 +144,12 @@ func (sess *session) run(kind, arg string) {
 }
 
 func (sess *session) sftp() int {
-	maxHandles := sess.st.s.gate.limits().MaxOpenHandles
-	h := &sftpHandler{fs: sess.fs, user: sess.user.Name, log: sess.log, st: sess.st, maxHandles: int32(maxHandles)}
-	stream := newSFTPStream(sess.ch, sess.st.touch, maxHandles)
-	// When the channel or the connection goes, nothing more will be
-	// answered: wake a reader that waits for a reply.
-	defer context.AfterFunc(sess.ctx, stream.shut)()
-	rs := sftp.NewRequestServer(stream, sftp.Handlers{FileGet: h, FilePut: h, FileCmd: h, FileList: h},
-		sftp.WithRSAllocator(), sftp.WithRSMaxTxPacket(maxSFTPData))
+	lim := sess.st.s.gate.limits()
+	h := &sftpHandler{fs: sess.fs, user: sess.user.Name, log: sess.log, st: sess.st,
+		acct: sess.st.s.accounts.get(sess.user.Name), maxHandles: int32(lim.MaxOpenHandles),
+		maxPerUser: int32(lim.MaxOpenHandlesPerUser)}
 	sess.log.Debug("sftp session started")
-	err := rs.Serve()
+	err := serveSFTP(sess.ctx, sess.ch, h, sess.st.touch)
 	if err != nil && err != io.EOF {
 		sess.log.Info("sftp session ended", "err", err)
 		return 1

@@ -5,6 +5,7 @@ package sshd
 // that names only virtual paths.
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -27,23 +28,62 @@ type sftpHandler struct {
 	user       string
 	log        *slog.Logger
 	st         *connState
-	maxHandles int32
+	stream     *sftpStream
+	acct       *account
+	maxHandles int32        // per session
+	maxPerUser int32        // per account, all sessions together
 	handles    atomic.Int32 // open in this session
 }
 
-var errTooManyHandles = &statusError{sftp.ErrSSHFxFailure, "too many open handles"}
+var (
+	errTooManyHandles     = &statusError{sftp.ErrSSHFxFailure, "too many open handles in this session"}
+	errTooManyUserHandles = &statusError{sftp.ErrSSHFxFailure, "too many open handles for this account"}
+	errServerHandles      = &statusError{sftp.ErrSSHFxFailure, "the server has too many open files; try again later"}
+)
 
-// takeHandle counts a handle about to be opened, if the session may have
-// one more; release gives it back.
+// takeHandle counts a handle about to be opened, if the session, the
+// account and the server may have one more; release gives it back.
 func (h *sftpHandler) takeHandle() error {
 	if h.handles.Add(1) > h.maxHandles {
 		h.handles.Add(-1)
 		return errTooManyHandles
 	}
+	if h.acct.handles.Add(1) > h.maxPerUser {
+		h.acct.handles.Add(-1)
+		h.handles.Add(-1)
+		return errTooManyUserHandles
+	}
+	if s := h.st.s; s.handles.Add(1) > s.maxHandles {
+		s.handles.Add(-1)
+		h.acct.handles.Add(-1)
+		h.handles.Add(-1)
+		h.log.Warn("file handle refused: the server is at its descriptor budget", "budget", s.maxHandles)
+		return errServerHandles
+	}
 	return nil
 }
 
-func (h *sftpHandler) release() { h.handles.Add(-1) }
+func (h *sftpHandler) release() {
+	h.st.s.handles.Add(-1)
+	h.acct.handles.Add(-1)
+	h.handles.Add(-1)
+}
+
+// serveSFTP runs an SFTP session on ch until the client ends it or ctx is
+// done: pkg/sftp's RequestServer with h as its handlers, behind the stream
+// (sftpstream.go). No allocator: its pages stay with a session for its
+// whole life, and what a session may have in flight is bounded instead.
+func serveSFTP(ctx context.Context, ch io.ReadWriteCloser, h *sftpHandler, touch func()) error {
+	stream := newSFTPStream(ctx, ch, touch, int(h.maxHandles), h.acct.inflight)
+	h.stream = stream
+	// When the channel or the connection goes, nothing more will be
+	// answered: wake a reader that waits for a reply.
+	defer context.AfterFunc(ctx, stream.shut)()
+	defer stream.releaseAll()
+	rs := sftp.NewRequestServer(stream, sftp.Handlers{FileGet: h, FilePut: h, FileCmd: h, FileList: h},
+		sftp.WithRSMaxTxPacket(maxSFTPData))
+	return rs.Serve()
+}
 
 // Fileread opens a file for reading.
 func (h *sftpHandler) Fileread(r *sftp.Request) (_ io.ReaderAt, err error) {
@@ -56,7 +96,7 @@ func (h *sftpHandler) Fileread(r *sftp.Request) (_ io.ReaderAt, err error) {
 		h.release()
 		return nil, h.status(err)
 	}
-	return h.newFile(f, false), nil
+	return h.newFile(f, true, false, false), nil
 }
 
 // recover turns a panic in a handler into a failure of that request, logged
@@ -82,9 +122,9 @@ func (h *sftpHandler) OpenFile(r *sftp.Request) (_ sftp.WriterAtReaderAt, err er
 	return h.open(r)
 }
 
-// open maps SFTP open flags to vfs ones. SSH_FXF_APPEND is not O_APPEND:
-// clients send the offsets they want (pwrite ignores them under O_APPEND),
-// and an existing file opened without TRUNC is simply resumed.
+// open maps SFTP open flags to vfs ones. SSH_FXF_APPEND is not O_APPEND on
+// the descriptor (pwrite would ignore the offsets pkg/sftp's workers
+// write at): the stream moves each write of an APPEND handle to the end.
 func (h *sftpHandler) open(r *sftp.Request) (*sftpFile, error) {
 	pf := r.Pflags()
 	flag := os.O_WRONLY
@@ -108,24 +148,39 @@ func (h *sftpHandler) open(r *sftp.Request) (*sftpFile, error) {
 		h.release()
 		return nil, h.status(err)
 	}
-	return h.newFile(f, true), nil
+	var size int64
+	if pf.Append {
+		if size, err = f.Size(); err != nil {
+			f.Close()
+			h.release()
+			return nil, h.status(err)
+		}
+	}
+	file := h.newFile(f, pf.Read, true, pf.Append)
+	file.appendAt.Store(size)
+	return file, nil
 }
 
 // sftpFile is an open file handle: it translates the errors of a vfs.File
 // for the client, and logs the transfer when it closes.
 type sftpFile struct {
-	f       *vfs.File
-	h       *sftpHandler
-	write   bool
-	opened  time.Time
-	read    atomic.Int64
-	written atomic.Int64
-	aborted atomic.Bool
+	f         *vfs.File
+	h         *sftpHandler
+	canRead   bool
+	write     bool
+	appending bool
+	appendAt  atomic.Int64 // where the next write of an APPEND handle goes
+	opened    time.Time
+	read      atomic.Int64
+	written   atomic.Int64
+	aborted   atomic.Bool
 }
 
-func (h *sftpHandler) newFile(f *vfs.File, write bool) *sftpFile {
+func (h *sftpHandler) newFile(f *vfs.File, read, write, appending bool) *sftpFile {
 	h.st.handles.Add(1)
-	return &sftpFile{f: f, h: h, write: write, opened: time.Now()}
+	file := &sftpFile{f: f, h: h, canRead: read, write: write, appending: appending, opened: time.Now()}
+	h.stream.opened(file)
+	return file
 }
 
 func (f *sftpFile) ReadAt(p []byte, off int64) (n int, err error) {

@@ -1,11 +1,15 @@
 package sshd
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"sync"
 	"sync/atomic"
+
+	"golang.org/x/sync/semaphore"
 )
 
 // SFTP limits, announced with limits@openssh.com and enforced by pkg/sftp,
@@ -17,55 +21,129 @@ const (
 	maxSFTPData   = maxSFTPPacket - 1024
 )
 
+// What a session, and all the sessions of one account together, may have
+// in flight: requests read and not yet answered, counted by the bytes they
+// hold (a READ by the data it asks for, a WRITE by its size, anything else
+// by smallCost). Past that the stream stops reading requests, and the SSH
+// window pushes back on the client. Eight 255 KiB requests keep a transfer
+// at full speed.
 const (
-	fxpVersion       = 2
-	fxpOpen          = 3
-	fxpOpendir       = 11
-	fxpExtended      = 200
-	fxpExtendedReply = 201
+	sessionInflight = 2 << 20
+	accountInflight = 16 << 20
+	smallCost       = 1 << 10
 )
 
-// sftpStream sits between the session channel and pkg/sftp's RequestServer,
-// packet-aware, to answer the SFTP extensions pkg/sftp does not know
-// (limits@openssh.com) and announce them in the VERSION reply, and to hold
-// back the requests that follow an open until the open is answered:
-// pkg/sftp registers a handle before it has finished setting it up, and a
-// request for that handle sent right behind the open (no honest client does
-// that; it needs the handle first) would race with the setup. Everything
-// else passes through untouched.
+// SFTP packet types (draft-ietf-secsh-filexfer-02, section 3).
+const (
+	fxpInit          = 1
+	fxpVersion       = 2
+	fxpOpen          = 3
+	fxpClose         = 4
+	fxpRead          = 5
+	fxpWrite         = 6
+	fxpOpendir       = 11
+	fxpSymlink       = 20
+	fxpStatus        = 101
+	fxpHandle        = 102
+	fxpExtended      = 200
+	fxpExtendedReply = 201
+
+	fxOK               = 0
+	fxPermissionDenied = 3
+	fxOpUnsupported    = 8
+)
+
+// maxHandleLen bounds the handles the stream looks at: pkg/sftp's are short
+// decimal numbers, and a longer one is not a handle it gave out.
+const maxHandleLen = 64
+
+// sftpStream sits between the session channel and pkg/sftp's RequestServer.
+// pkg/sftp parses requests, runs them on silo's handlers (sftp.go) and
+// orders the replies; the stream reads each packet's head on the way in and
+// out, and adds what pkg/sftp does not do:
+//
+//   - the extensions pkg/sftp does not know (limits@openssh.com), answered
+//     here and announced in the VERSION reply;
+//   - packet types it does not know, answered SSH_FX_OP_UNSUPPORTED (it
+//     would end the session);
+//   - a READ on a handle not open for reading, or a WRITE on one not open
+//     for writing, refused: pkg/sftp runs whatever request a handle gets as
+//     the handle's first kind, so a READ on a write handle would write the
+//     data buffer it allocated for the reply;
+//   - SSH_FXF_APPEND: each WRITE on such a handle is moved to the end of
+//     what the handle has written, in the order the requests arrive, as
+//     O_APPEND does for OpenSSH's sftp-server; pkg/sftp's workers may run
+//     them in any order, and vfs puts them on disk in order;
+//   - a bound on what a session and an account have in flight;
+//   - requests behind an open wait until the open is answered: pkg/sftp
+//     registers a handle before it has finished setting it up, and a
+//     request for that handle sent right behind the open (no honest client
+//     does that; it needs the handle first) would race with the setup.
+//
+// It relies on pkg/sftp answering every request it is handed once, in the
+// order received, and writing each reply's head (everything but a DATA
+// reply's payload) in one call; each is guarded by a test.
 type sftpStream struct {
 	ch         io.ReadWriteCloser
-	touch      func() // called for every request: the session is not idle
+	ctx        context.Context // the session's: ends waits for budget
+	touch      func()          // called for every request: the session is not idle
 	maxHandles uint64
+	session    *semaphore.Weighted
+	account    *semaphore.Weighted
 
 	// Reading: the bytes of the current incoming packet not yet handed on.
 	pending []byte
 	remain  uint32
 	hdr     [5]byte
+	buf     []byte
 
-	// pkg/sftp answers every request once, in the order received, so the
-	// open in flight is answered when the replies written reach its rank.
 	omu      sync.Mutex
 	ocond    *sync.Cond
-	requests uint64 // handed to pkg/sftp
-	replies  uint64 // written by pkg/sftp
-	openRank uint64 // the rank of the open in flight, 0 for none
+	requests uint64  // handed to pkg/sftp
+	replies  uint64  // written by pkg/sftp
+	openRank uint64  // the rank of the open in flight, 0 for none
+	costs    []int64 // of the requests handed on and not yet answered, in order
 	closed   bool
+
+	// Handles: the file an open in flight made, bound to the handle
+	// pkg/sftp answers with.
+	hmu     sync.Mutex
+	openID  uint32
+	opening *sftpFile
+	files   map[string]*sftpFile
 
 	// Writing: pkg/sftp writes a packet in several calls; wmu is held from
 	// a packet's first byte to its last, so that an injected reply never
 	// lands inside one.
 	wmu     sync.Mutex
 	wneed   uint32 // bytes left in the packet being written
-	wpart   []byte // its length, if split across writes; or the whole VERSION packet
+	whead   []byte // its head, when split across writes
 	sentVer bool
 	werr    atomic.Pointer[error] // the first write error: the stream is broken
 }
 
-func newSFTPStream(ch io.ReadWriteCloser, touch func(), maxHandles int) *sftpStream {
-	s := &sftpStream{ch: ch, touch: touch, maxHandles: uint64(maxHandles)}
+func newSFTPStream(ctx context.Context, ch io.ReadWriteCloser, touch func(), maxHandles int, account *semaphore.Weighted) *sftpStream {
+	s := &sftpStream{ch: ch, ctx: ctx, touch: touch, maxHandles: uint64(maxHandles),
+		session: semaphore.NewWeighted(sessionInflight), account: account,
+		files: make(map[string]*sftpFile)}
 	s.ocond = sync.NewCond(&s.omu)
 	return s
+}
+
+// opened is called by the handler when an open succeeds: the handle in the
+// reply about to be written is f's.
+func (s *sftpStream) opened(f *sftpFile) {
+	s.hmu.Lock()
+	defer s.hmu.Unlock()
+	s.opening = f
+}
+
+// file returns the open file behind a handle, nil for a directory or an
+// unknown handle.
+func (s *sftpStream) file(handle []byte) *sftpFile {
+	s.hmu.Lock()
+	defer s.hmu.Unlock()
+	return s.files[string(handle)]
 }
 
 // waitOpen blocks until the open in flight, if any, has been answered, or
@@ -78,22 +156,66 @@ func (s *sftpStream) waitOpen() {
 	}
 }
 
-// request counts a request handed to pkg/sftp; an open is waited for.
-func (s *sftpStream) request(open bool) {
+// request hands a request on: its cost is taken from the session's and the
+// account's budgets (waiting while they are spent) and given back when its
+// reply is written; an open is waited for.
+func (s *sftpStream) request(typ byte, cost int64) error {
+	cost = min(cost, sessionInflight)
+	if err := s.session.Acquire(s.ctx, cost); err != nil {
+		return err
+	}
+	if s.account != nil {
+		if err := s.account.Acquire(s.ctx, cost); err != nil {
+			s.session.Release(cost)
+			return err
+		}
+	}
 	s.omu.Lock()
 	defer s.omu.Unlock()
 	s.requests++
-	if open {
+	s.costs = append(s.costs, cost)
+	if typ == fxpOpen || typ == fxpOpendir {
 		s.openRank = s.requests
 	}
+	return nil
 }
 
-// replied counts a reply of pkg/sftp's going out.
+// replied counts a reply of pkg/sftp's whose head is going out.
 func (s *sftpStream) replied() {
 	s.omu.Lock()
 	defer s.omu.Unlock()
 	s.replies++
 	s.ocond.Broadcast()
+}
+
+// answered gives back the cost of the request whose reply has gone out.
+func (s *sftpStream) answered() {
+	s.omu.Lock()
+	if len(s.costs) == 0 {
+		s.omu.Unlock()
+		return
+	}
+	cost := s.costs[0]
+	s.costs = s.costs[1:]
+	s.omu.Unlock()
+	s.session.Release(cost)
+	if s.account != nil {
+		s.account.Release(cost)
+	}
+}
+
+// releaseAll gives back the costs of requests that will never be
+// answered: the session is over.
+func (s *sftpStream) releaseAll() {
+	for {
+		s.omu.Lock()
+		n := len(s.costs)
+		s.omu.Unlock()
+		if n == 0 {
+			return
+		}
+		s.answered()
+	}
 }
 
 // shut wakes a reader waiting for a reply that will never be written.
@@ -108,31 +230,8 @@ var sftpExtensionsAdded = [][2]string{{"limits@openssh.com", "1"}}
 
 func (s *sftpStream) Read(p []byte) (int, error) {
 	for len(s.pending) == 0 && s.remain == 0 {
-		s.waitOpen()
-		if _, err := io.ReadFull(s.ch, s.hdr[:]); err != nil {
-			if err == io.ErrUnexpectedEOF {
-				return 0, errors.New("sftp: truncated packet")
-			}
+		if err := s.next(); err != nil {
 			return 0, err
-		}
-		s.touch()
-		length := binary.BigEndian.Uint32(s.hdr[:4])
-		if s.hdr[4] != fxpExtended || length > maxSFTPPacket || length < 1 {
-			s.request(s.hdr[4] == fxpOpen || s.hdr[4] == fxpOpendir)
-			// pkg/sftp refuses bad lengths itself.
-			s.pending, s.remain = s.hdr[:], length-1
-			if length == 0 {
-				s.remain = 0
-			}
-			break
-		}
-		body := make([]byte, length-1)
-		if _, err := io.ReadFull(s.ch, body); err != nil {
-			return 0, err
-		}
-		if !s.extended(body) {
-			s.request(false)
-			s.pending = append(s.hdr[:], body...)
 		}
 	}
 	if len(s.pending) > 0 {
@@ -146,6 +245,149 @@ func (s *sftpStream) Read(p []byte) (int, error) {
 	n, err := s.ch.Read(p)
 	s.remain -= uint32(n)
 	return n, err
+}
+
+// next reads the head of the next request and decides what becomes of it:
+// handed on to pkg/sftp (s.pending, then s.remain bytes straight from the
+// channel) or answered here.
+func (s *sftpStream) next() error {
+	s.waitOpen()
+	if _, err := io.ReadFull(s.ch, s.hdr[:]); err != nil {
+		if err == io.ErrUnexpectedEOF {
+			return errors.New("sftp: truncated packet")
+		}
+		return err
+	}
+	s.touch()
+	length := binary.BigEndian.Uint32(s.hdr[:4])
+	typ := s.hdr[4]
+	if length > maxSFTPPacket || length < 1 {
+		// pkg/sftp refuses bad lengths itself, and ends the session.
+		s.pending, s.remain = s.hdr[:], max(length, 1)-1
+		return s.request(typ, smallCost)
+	}
+	body := length - 1
+	switch {
+	case !isRequest(typ):
+		b, err := s.readBody(body)
+		if err != nil {
+			return err
+		}
+		if len(b) >= 4 {
+			s.status(b[:4], fxOpUnsupported, fmt.Sprintf("packet type %d is not supported", typ))
+		}
+		return nil
+	case typ == fxpExtended:
+		b, err := s.readBody(body)
+		if err != nil {
+			return err
+		}
+		if s.extended(b) {
+			return nil
+		}
+		s.pending = append(s.hdr[:], b...)
+		return s.request(typ, smallCost)
+	case typ == fxpRead, typ == fxpWrite:
+		return s.readOrWrite(typ, body)
+	case typ == fxpOpen, typ == fxpClose:
+		b, err := s.readBody(body)
+		if err != nil {
+			return err
+		}
+		s.pending = append(s.hdr[:], b...)
+		if len(b) >= 4 && typ == fxpOpen {
+			s.hmu.Lock()
+			s.openID, s.opening = binary.BigEndian.Uint32(b), nil
+			s.hmu.Unlock()
+		}
+		if h, _, ok := handleOf(b); ok && typ == fxpClose {
+			s.hmu.Lock()
+			delete(s.files, string(h))
+			s.hmu.Unlock()
+		}
+		return s.request(typ, smallCost)
+	}
+	s.pending, s.remain = s.hdr[:], body
+	return s.request(typ, smallCost)
+}
+
+// isRequest reports a packet type that a client may send
+// (draft-ietf-secsh-filexfer-02, section 3).
+func isRequest(typ byte) bool {
+	return typ == fxpInit || typ >= fxpOpen && typ <= fxpSymlink || typ == fxpExtended
+}
+
+// readOrWrite looks at the head of a READ or WRITE (id, handle, offset,
+// length) against the handle's open mode. A WRITE's data then goes
+// straight from the channel to pkg/sftp.
+func (s *sftpStream) readOrWrite(typ byte, body uint32) error {
+	head := min(body, 4+4+maxHandleLen+8+4)
+	b, err := s.readBody(head)
+	if err != nil {
+		return err
+	}
+	rest := body - head
+	h, after, ok := handleOf(b)
+	f := (*sftpFile)(nil)
+	if ok {
+		f = s.file(h)
+	}
+	if f != nil && (typ == fxpRead && !f.canRead || typ == fxpWrite && !f.write) {
+		if _, err := io.CopyN(io.Discard, s.ch, int64(rest)); err != nil {
+			return err
+		}
+		what := "reading"
+		if typ == fxpWrite {
+			what = "writing"
+		}
+		s.status(b[:4], fxPermissionDenied, fmt.Sprintf("permission denied: %s is not open for %s", f.f.Name(), what))
+		return nil
+	}
+	cost := int64(min(length(b, after+8), maxSFTPData)) // a READ's length
+	if typ == fxpWrite {
+		cost = int64(body)
+		if f != nil && f.appending && len(b) >= after+12 {
+			// The data length is the last field of the head.
+			n := int64(binary.BigEndian.Uint32(b[after+8:]))
+			binary.BigEndian.PutUint64(b[after:], uint64(f.appendAt.Add(n)-n))
+		}
+	}
+	s.pending, s.remain = append(s.hdr[:], b...), rest
+	return s.request(typ, max(cost, smallCost))
+}
+
+// handleOf finds the handle after the id in a request body, and the offset
+// of what follows it.
+func handleOf(b []byte) ([]byte, int, bool) {
+	if len(b) < 8 {
+		return nil, 0, false
+	}
+	n := binary.BigEndian.Uint32(b[4:8])
+	if n > maxHandleLen || uint32(len(b)-8) < n {
+		return nil, 0, false
+	}
+	return b[8 : 8+n], 8 + int(n), true
+}
+
+// length reads the uint32 at off, 0 if b is shorter.
+func length(b []byte, off int) uint32 {
+	if off < 0 || len(b) < off+4 {
+		return 0
+	}
+	return binary.BigEndian.Uint32(b[off:])
+}
+
+// readBody reads n bytes of the current packet into a buffer of the
+// stream's, valid until the next call.
+func (s *sftpStream) readBody(n uint32) ([]byte, error) {
+	if cap(s.buf) < int(n) {
+		s.buf = make([]byte, n)
+	}
+	b := s.buf[:n]
+	if _, err := io.ReadFull(s.ch, b); err != nil {
+		return nil, err
+	}
+	return b, nil
 }
 
 // extended answers an SSH_FXP_EXTENDED request (body after the type byte) if
@@ -173,6 +415,17 @@ func (s *sftpStream) extended(body []byte) bool {
 	return false
 }
 
+// status injects an SSH_FXP_STATUS reply.
+func (s *sftpStream) status(id []byte, code uint32, msg string) {
+	reply := append([]byte{fxpStatus}, id...)
+	reply = binary.BigEndian.AppendUint32(reply, code)
+	reply = binary.BigEndian.AppendUint32(reply, uint32(len(msg)))
+	reply = append(reply, msg...)
+	reply = binary.BigEndian.AppendUint32(reply, 2)
+	reply = append(reply, "en"...)
+	s.inject(reply)
+}
+
 // inject writes a whole reply packet between pkg/sftp's packets.
 func (s *sftpStream) inject(body []byte) {
 	pkt := binary.BigEndian.AppendUint32(nil, uint32(len(body)))
@@ -185,8 +438,9 @@ func (s *sftpStream) inject(body []byte) {
 	}
 }
 
-// Write passes pkg/sftp's packets through, each channel write holding what
-// one call gave, so that a 255 KiB payload is not copied.
+// Write passes pkg/sftp's packets through. Each packet's head is looked at
+// (see headDone); what follows it goes out as given, so that a 255 KiB
+// payload is never copied.
 func (s *sftpStream) Write(p []byte) (int, error) {
 	if err := s.werr.Load(); err != nil {
 		s.shut()
@@ -194,49 +448,91 @@ func (s *sftpStream) Write(p []byte) (int, error) {
 	}
 	total := len(p)
 	for len(p) > 0 {
-		if s.wneed == 0 {
-			if len(s.wpart) == 0 {
-				s.wmu.Lock() // a packet starts
+		if s.wneed > 0 {
+			k := min(uint32(len(p)), s.wneed)
+			s.wneed -= k
+			out := p[:k]
+			p = p[k:]
+			if err := s.flush(out); err != nil {
+				return 0, err
 			}
-			k := min(4-len(s.wpart), len(p))
-			s.wpart, p = append(s.wpart, p[:k]...), p[k:]
-			if len(s.wpart) < 4 {
-				return total, nil
-			}
-			s.wneed = binary.BigEndian.Uint32(s.wpart)
-			s.replied()
-			if s.wneed == 0 {
-				if err := s.flush(s.wpart); err != nil {
-					return 0, err
-				}
-				continue
-			}
+			continue
 		}
-		k := min(uint32(len(p)), s.wneed)
-		out := p[:k]
-		p = p[k:]
-		s.wneed -= k
-		if !s.sentVer {
-			s.wpart = append(s.wpart, out...)
-			if s.wneed > 0 {
+		// A packet starts, or its head is still being gathered.
+		if len(s.whead) == 0 {
+			s.wmu.Lock()
+		}
+		var out []byte
+		if len(s.whead) == 0 && len(p) >= headLen(p) {
+			out = p[:min(len(p), packetSize(p))] // all of it in this call
+			p = p[len(out):]
+		} else {
+			for len(p) > 0 && len(s.whead) < headLen(s.whead) {
+				k := min(len(p), headLen(s.whead)-len(s.whead))
+				s.whead, p = append(s.whead, p[:k]...), p[k:]
+			}
+			if len(s.whead) < headLen(s.whead) {
 				continue
 			}
+			out = s.whead
+		}
+		s.wneed = uint32(packetSize(out) - len(out))
+		if !s.sentVer && len(out) > 4 && out[4] == fxpVersion && s.wneed == 0 {
 			s.sentVer = true
-			out = extendVersion(s.wpart)
-		} else if len(s.wpart) > 0 {
-			out = append(s.wpart, out...) // the length and the header after it
+			out = extendVersion(out)
 		}
-		if err := s.flush(out); err != nil {
+		s.headDone(out)
+		err := s.flush(out)
+		s.whead = s.whead[:0]
+		if err != nil {
 			return 0, err
 		}
 	}
 	return total, nil
 }
 
-// flush writes part of the current packet, and releases wmu at its end.
+// packetSize is the size of the packet whose start b holds, with its
+// length field.
+func packetSize(b []byte) int {
+	return 4 + int(binary.BigEndian.Uint32(b))
+}
+
+// headLen is how much of a reply the stream looks at before it lets the
+// reply go: the length, type and id; a HANDLE or VERSION reply whole.
+func headLen(b []byte) int {
+	if len(b) < 4 {
+		return 4
+	}
+	size := packetSize(b)
+	if len(b) >= 5 && (b[4] == fxpHandle || b[4] == fxpVersion) {
+		return min(size, 4+1+4+4+maxHandleLen+1024)
+	}
+	return min(size, 9)
+}
+
+// headDone learns from a reply's head: a reply of pkg/sftp's is counted,
+// and the handle an open was answered with is bound to its file.
+func (s *sftpStream) headDone(head []byte) {
+	s.replied()
+	if len(head) < 9 || head[4] == fxpVersion {
+		return
+	}
+	id := binary.BigEndian.Uint32(head[5:])
+	s.hmu.Lock()
+	defer s.hmu.Unlock()
+	if s.opening == nil || id != s.openID {
+		return
+	}
+	if h, _, ok := handleOf(head[5:]); ok && head[4] == fxpHandle {
+		s.files[string(h)] = s.opening
+	}
+	s.opening = nil
+}
+
+// flush writes part of the current packet; at its end, wmu is released and
+// the request's cost given back.
 func (s *sftpStream) flush(b []byte) error {
 	_, err := s.ch.Write(b)
-	s.wpart = s.wpart[:0]
 	if err != nil {
 		s.werr.Store(&err)
 		s.wneed = 0
@@ -244,6 +540,7 @@ func (s *sftpStream) flush(b []byte) error {
 	}
 	if s.wneed == 0 {
 		s.wmu.Unlock()
+		s.answered()
 	}
 	return err
 }
@@ -254,6 +551,7 @@ func extendVersion(pkt []byte) []byte {
 	if len(pkt) < 9 || pkt[4] != fxpVersion {
 		return pkt
 	}
+	pkt = append([]byte(nil), pkt...)
 	for _, e := range sftpExtensionsAdded {
 		for _, s := range e {
 			pkt = binary.BigEndian.AppendUint32(pkt, uint32(len(s)))

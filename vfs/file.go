@@ -220,6 +220,22 @@ func (f *FS) writerOf(r string) *writer {
 	return f.writers[idOf(fi)]
 }
 
+// Size is the file's size as its handle sees it: for a file being
+// written, what its writes have made of it so far (nothing yet, for an
+// overwrite).
+func (f *File) Size() (int64, error) {
+	if f.w != nil {
+		f.w.mu.Lock()
+		defer f.w.mu.Unlock()
+		return f.w.size, nil
+	}
+	fi, err := f.f.Stat()
+	if err != nil {
+		return 0, wrap("stat", f.name, err)
+	}
+	return fi.Size(), nil
+}
+
 // ReadAt reads len(p) bytes at off; io.EOF marks the end of the file.
 func (f *File) ReadAt(p []byte, off int64) (int, error) {
 	if f.w != nil {

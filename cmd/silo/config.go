@@ -40,6 +40,7 @@ type limits struct {
 	KeepaliveInterval     duration `toml:"keepalive_interval"`
 	KeepaliveCountMax     int      `toml:"keepalive_count_max"`
 	MaxOpenHandles        int      `toml:"max_open_handles"`
+	MaxOpenHandlesPerUser int      `toml:"max_open_handles_per_user"`
 }
 
 type penalties struct {
@@ -114,6 +115,7 @@ func defaultConfig() Config {
 			KeepaliveInterval:     duration(l.KeepaliveInterval),
 			KeepaliveCountMax:     l.KeepaliveCountMax,
 			MaxOpenHandles:        l.MaxOpenHandles,
+			MaxOpenHandlesPerUser: l.MaxOpenHandlesPerUser,
 		},
 		Penalties: penalties{
 			AuthFail:      duration(p.AuthFail),
@@ -149,6 +151,7 @@ func (c *Config) sshdLimits() (sshd.Limits, sshd.Penalties) {
 		KeepaliveInterval:     time.Duration(l.KeepaliveInterval),
 		KeepaliveCountMax:     l.KeepaliveCountMax,
 		MaxOpenHandles:        l.MaxOpenHandles,
+		MaxOpenHandlesPerUser: l.MaxOpenHandlesPerUser,
 	}, pen
 }
 
@@ -221,6 +224,7 @@ func (c *Config) Validate() error {
 		{"limits.max_connections_per_user", l.MaxConnectionsPerUser >= 0},
 		{"limits.keepalive_count_max", l.KeepaliveCountMax >= 1},
 		{"limits.max_open_handles", l.MaxOpenHandles >= 1},
+		{"limits.max_open_handles_per_user", l.MaxOpenHandlesPerUser >= 1},
 		{"penalties.max", c.Penalties.Max >= c.Penalties.Min},
 	} {
 		if !kv.ok {
