@@ -13,18 +13,23 @@ import (
 	"silo/internal/human"
 )
 
-// Limits caps a home: Bytes of apparent file size, Files regular files and
-// symbolic links. Zero means unlimited.
+// Limits caps a home's Usage. Zero means unlimited.
 type Limits struct {
 	Bytes, Files int64
 }
 
-// Usage is what a home holds: the sum of the apparent sizes (st_size) of its
-// regular files, and the count of its regular files and symbolic links.
-// Directories count for nothing.
+// Usage is what a home holds. Bytes: the apparent sizes (st_size) of its
+// regular files, and EntryBytes for each directory and symbolic link, the
+// block each takes on disk (a link's target, at most 4095 bytes, fits in
+// it). Files: its entries, regular files, directories and links. The home
+// itself counts for nothing.
 type Usage struct {
 	Bytes, Files int64
 }
+
+// EntryBytes is what a directory or a symbolic link counts against the
+// byte quota, so that neither can fill the disk outside the count.
+const EntryBytes = 4096
 
 // QuotaError is returned when an operation would take a home past its
 // limits. It matches ErrQuotaExceeded or ErrFileLimit with errors.Is.
@@ -186,7 +191,8 @@ func scan(root *os.Root, clean bool, skip map[fileID]bool, cuts map[fileID]int64
 			}
 			u.Bytes += size
 			u.Files++
-		case d.Type()&fs.ModeSymlink != 0:
+		case d.Type()&fs.ModeSymlink != 0, d.IsDir() && p != ".":
+			u.Bytes += EntryBytes
 			u.Files++
 		}
 		return nil

@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -49,7 +52,9 @@ func put(f *FS, name string, flag int, data []byte, off int64) error {
 
 const create = os.O_WRONLY | os.O_CREATE | os.O_TRUNC
 
-// diskUsage is what du --apparent-size counts, by a walk independent of vfs.
+// diskUsage counts the home at dir as the README says a quota does, by a
+// walk independent of vfs: apparent sizes of files, 4 KiB a directory or
+// link, every entry but the home.
 func diskUsage(t *testing.T, dir string) Usage {
 	t.Helper()
 	var u Usage
@@ -57,11 +62,13 @@ func diskUsage(t *testing.T, dir string) Usage {
 		if err != nil {
 			return err
 		}
-		if d.Type().IsRegular() {
+		switch {
+		case d.Type().IsRegular():
 			fi, _ := d.Info()
 			u.Bytes += fi.Size()
 			u.Files++
-		} else if d.Type()&fs.ModeSymlink != 0 {
+		case p != dir:
+			u.Bytes += 4096
 			u.Files++
 		}
 		return nil
@@ -225,8 +232,8 @@ func TestFileLimit(t *testing.T) {
 	if err := f.Symlink("a", "l2"); !errors.Is(err, ErrFileLimit) {
 		t.Fatalf("fourth entry, a link: %v", err)
 	}
-	if err := f.Mkdir("d"); err != nil {
-		t.Fatalf("directories do not count: %v", err)
+	if err := f.Mkdir("d"); !errors.Is(err, ErrFileLimit) {
+		t.Fatalf("fourth entry, a directory: %v", err)
 	}
 	if err := put(f, "a", create, []byte("overwritten"), 0); err != nil {
 		t.Fatalf("overwrite at the limit: %v", err)
@@ -360,7 +367,7 @@ func TestUsageSurvivesReopenAndRescan(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer g.Close()
-	if got := g.Usage(); got != (Usage{Bytes: 3000, Files: 3}) {
+	if got := g.Usage(); got != (Usage{Bytes: 3000 + 2*EntryBytes, Files: 4}) {
 		t.Fatalf("usage after reopen %+v", got)
 	}
 	entries, _ := os.ReadDir(dir)
@@ -479,4 +486,52 @@ func TestOverwriteThroughLinkKeepsTargetOnFailure(t *testing.T) {
 		t.Fatal(err)
 	}
 	unchanged("completed through sub/ln")
+}
+
+// Directories and links take disk as files do, and count as entries of 4
+// KiB: a home full of either stays within its quota on disk.
+func TestDirectoriesAndLinksCount(t *testing.T) {
+	const quota = 1 << 20
+	f, dir := newQuotaFS(t, Limits{Bytes: quota})
+	n := 0
+	for ; ; n++ {
+		err := f.Mkdir(fmt.Sprintf("d%d", n))
+		if errors.Is(err, ErrQuotaExceeded) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n != quota/EntryBytes {
+		t.Fatalf("%d directories in a %d-byte quota", n, quota)
+	}
+	if err := f.Rmdir("d0"); err != nil {
+		t.Fatal(err)
+	}
+	long := strings.Repeat("x", 3991)
+	if err := f.Symlink(long, "l"); err != nil {
+		t.Fatalf("a link in the space a directory left: %v", err)
+	}
+	if err := f.Symlink(long, "l2"); !errors.Is(err, ErrQuotaExceeded) {
+		t.Fatalf("a link past the quota: %v", err)
+	}
+	checkUsage(t, f, dir)
+	if du := duBytes(t, dir); du > quota+64<<10 {
+		t.Fatalf("du: %d bytes on disk for a %d-byte quota", du, quota)
+	}
+}
+
+// duBytes is what du -s -B1 reports: the blocks the tree takes on disk.
+func duBytes(t *testing.T, dir string) int64 {
+	t.Helper()
+	out, err := exec.Command("du", "-s", "-B1", dir).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := strconv.ParseInt(strings.Fields(string(out))[0], 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

@@ -111,11 +111,16 @@ func (f *FS) Lstat(name string) (fs.FileInfo, error) {
 	return fi, wrap("lstat", name, err)
 }
 
-// Mkdir creates one directory (mode 0755).
+// Mkdir creates one directory (mode 0755); it counts as an entry.
 func (f *FS) Mkdir(name string) error {
 	r, err := f.rel(name)
 	if err == nil {
-		err = f.root.Mkdir(r, dirMode)
+		err = f.reserve(EntryBytes, 1)
+	}
+	if err == nil {
+		if err = f.root.Mkdir(r, dirMode); err != nil {
+			f.adjust(-EntryBytes, -1)
+		}
 	}
 	return wrap("mkdir", name, err)
 }
@@ -180,7 +185,8 @@ func (f *FS) forgetLocked(st *unix.Stat_t) {
 	case unix.S_IFREG:
 		f.used.Bytes = max(0, f.used.Bytes-st.Size)
 		f.used.Files = max(0, f.used.Files-1)
-	case unix.S_IFLNK:
+	case unix.S_IFLNK, unix.S_IFDIR:
+		f.used.Bytes = max(0, f.used.Bytes-EntryBytes)
 		f.used.Files = max(0, f.used.Files-1)
 	}
 }
@@ -191,6 +197,9 @@ func (f *FS) Rmdir(name string) error {
 	r, err := f.rel(name)
 	if err == nil {
 		err = f.unlinkat(r, unix.AT_REMOVEDIR)
+	}
+	if err == nil {
+		f.adjust(-EntryBytes, -1)
 	}
 	return wrap("rmdir", name, err)
 }
@@ -282,11 +291,11 @@ func (f *FS) Symlink(target, linkname string) error {
 	if err := f.checkTarget(path.Dir(r), target); err != nil {
 		return wrap("symlink", linkname, err)
 	}
-	if err := f.reserve(0, 1); err != nil {
+	if err := f.reserve(EntryBytes, 1); err != nil {
 		return wrap("symlink", linkname, err)
 	}
 	if err := f.root.Symlink(target, r); err != nil {
-		f.adjust(0, -1)
+		f.adjust(-EntryBytes, -1)
 		return wrap("symlink", linkname, err)
 	}
 	return nil
@@ -387,11 +396,17 @@ func (f *FS) Readlink(name string) (string, error) {
 
 // Chmod sets the permission bits; anything above 0777 is masked off, and
 // the owner keeps read and write (and search, on a directory), so that silo
-// can always account for and serve what the home holds.
+// can always account for and serve what the home holds. The home's own
+// mode is left as it is.
 func (f *FS) Chmod(name string, mode fs.FileMode) error {
 	r, err := f.rel(name)
 	if err != nil {
 		return wrap("chmod", name, err)
+	}
+	if r == "." {
+		// The home stays 0700, which keeps other host users out of all
+		// of it, whatever the user asks for.
+		return nil
 	}
 	mode &= fs.ModePerm
 	if w := f.writerOf(r); w != nil {

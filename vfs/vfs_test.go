@@ -154,3 +154,16 @@ func TestRenameAndRemove(t *testing.T) {
 		t.Fatalf("rmdir of a file: %v", err)
 	}
 }
+
+func TestHomeStaysPrivate(t *testing.T) {
+	f, dir := newFS(t)
+	if err := f.Chmod("/", 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Chmod("/..", 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(dir); fi.Mode().Perm() != 0o700 {
+		t.Fatalf("home mode %v after chmod 777 /", fi.Mode().Perm())
+	}
+}
