@@ -253,7 +253,7 @@ type flushConn struct {
 }
 
 // flushLimit bounds the bytes a connection may have waiting.
-const flushLimit = 1 << 20
+const flushLimit = 128 << 10
 
 func newFlushConn(c net.Conn, onClose func()) *flushConn {
 	f := &flushConn{Conn: c, onClose: onClose, done: make(chan struct{})}

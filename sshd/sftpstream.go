@@ -26,10 +26,12 @@ const (
 // hold (a READ by the data it asks for, a WRITE by its size, anything else
 // by smallCost). Past that the stream stops reading requests, and the SSH
 // window pushes back on the client. Eight 255 KiB requests keep a transfer
-// at full speed.
+// at full speed. Requests other than READ and WRITE count against the
+// session's budget only, so that an account whose stalled sessions hold
+// its budget can still log in, list and look around.
 const (
 	sessionInflight = 2 << 20
-	accountInflight = 16 << 20
+	accountInflight = 8 << 20
 	smallCost       = 1 << 10
 )
 
@@ -56,6 +58,12 @@ const (
 // maxHandleLen bounds the handles the stream looks at: pkg/sftp's are short
 // decimal numbers, and a longer one is not a handle it gave out.
 const maxHandleLen = 64
+
+// inflight is what one request handed on holds of the budgets.
+type inflight struct {
+	cost int64
+	bulk bool // a READ or WRITE: the account's budget too
+}
 
 // sftpStream sits between the session channel and pkg/sftp's RequestServer.
 // pkg/sftp parses requests, runs them on silo's handlers (sftp.go) and
@@ -99,10 +107,10 @@ type sftpStream struct {
 
 	omu      sync.Mutex
 	ocond    *sync.Cond
-	requests uint64  // handed to pkg/sftp
-	replies  uint64  // written by pkg/sftp
-	openRank uint64  // the rank of the open in flight, 0 for none
-	costs    []int64 // of the requests handed on and not yet answered, in order
+	requests uint64     // handed to pkg/sftp
+	replies  uint64     // written by pkg/sftp
+	openRank uint64     // the rank of the open in flight, 0 for none
+	costs    []inflight // of the requests handed on and not yet answered, in order
 	closed   bool
 
 	// Handles: the file an open in flight made, bound to the handle
@@ -161,10 +169,11 @@ func (s *sftpStream) waitOpen() {
 // reply is written; an open is waited for.
 func (s *sftpStream) request(typ byte, cost int64) error {
 	cost = min(cost, sessionInflight)
+	bulk := typ == fxpRead || typ == fxpWrite
 	if err := s.session.Acquire(s.ctx, cost); err != nil {
 		return err
 	}
-	if s.account != nil {
+	if bulk {
 		if err := s.account.Acquire(s.ctx, cost); err != nil {
 			s.session.Release(cost)
 			return err
@@ -173,7 +182,7 @@ func (s *sftpStream) request(typ byte, cost int64) error {
 	s.omu.Lock()
 	defer s.omu.Unlock()
 	s.requests++
-	s.costs = append(s.costs, cost)
+	s.costs = append(s.costs, inflight{cost, bulk})
 	if typ == fxpOpen || typ == fxpOpendir {
 		s.openRank = s.requests
 	}
@@ -195,12 +204,12 @@ func (s *sftpStream) answered() {
 		s.omu.Unlock()
 		return
 	}
-	cost := s.costs[0]
+	c := s.costs[0]
 	s.costs = s.costs[1:]
 	s.omu.Unlock()
-	s.session.Release(cost)
-	if s.account != nil {
-		s.account.Release(cost)
+	s.session.Release(c.cost)
+	if c.bulk {
+		s.account.Release(c.cost)
 	}
 }
 
