@@ -158,7 +158,7 @@ func startServerWith(t *testing.T, dir string, lim sshd.Limits, pen sshd.Penalti
 		logs: &syncBuffer{}, limits: lim, penalties: pen}
 	log := slog.New(slog.NewTextHandler(ts.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	var err error
-	if ts.store, err = users.OpenStore(ts.usersFile, log); err != nil {
+	if ts.store, err = users.OpenStore(ts.usersFile, ts.homes, log); err != nil {
 		t.Fatal(err)
 	}
 	ts.srv, err = sshd.New(sshd.Config{HostSigners: shared.hostKeys, Users: ts.store, Homes: ts.homes,

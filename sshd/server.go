@@ -8,9 +8,9 @@
 package sshd
 
 import (
+	"cmp"
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -39,9 +39,12 @@ type Config struct {
 	Users       UserDB
 	Homes       string // directory of the default homes, homes/NAME
 	Fsync       bool   // make written files durable at close (see vfs.Options)
-	Limits      Limits
-	Penalties   Penalties
-	Logger      *slog.Logger
+	// HomeIdleClose is how long a home nobody uses stays open; 0 means
+	// defaultHomeIdleClose.
+	HomeIdleClose time.Duration
+	Limits        Limits
+	Penalties     Penalties
+	Logger        *slog.Logger
 }
 
 // Server is an SSH server for silo's users.
@@ -56,16 +59,11 @@ type Server struct {
 	handles    atomic.Int64 // SFTP file handles open, all sessions
 	maxHandles int64        // the descriptors they may take (fdBudget)
 
+	homes *homes
+
 	mu    sync.Mutex
-	homes map[string]*home                   // open homes by user name
 	all   map[*connState]struct{}            // every open connection
 	conns map[string]map[*connState]struct{} // logged-in connections by user
-}
-
-type home struct {
-	dir    string
-	fs     *vfs.FS
-	rescan int64 // the user's rescan counter when the usage was last computed
 }
 
 func init() {
@@ -75,6 +73,11 @@ func init() {
 		panic(err)
 	}
 }
+
+// defaultHomeIdleClose keeps a home open across a client's reconnects, and
+// closes it (one descriptor, and the memory of its usage) once its user
+// has gone.
+const defaultHomeIdleClose = 5 * time.Minute
 
 // New checks cfg and builds a server.
 func New(cfg Config) (*Server, error) {
@@ -94,7 +97,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg:   cfg,
 		log:   cfg.Logger,
-		homes: make(map[string]*home),
+		homes: newHomes(cfg.Homes, cfg.Fsync, cmp.Or(cfg.HomeIdleClose, defaultHomeIdleClose), cfg.Logger),
 		all:   make(map[*connState]struct{}),
 		conns: make(map[string]map[*connState]struct{}),
 
@@ -182,33 +185,7 @@ func (s *Server) SetLimits(l Limits, p Penalties) {
 	s.gate.set(l, p)
 }
 
-func (s *Server) closeHomes() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for name, h := range s.homes {
-		h.fs.Close()
-		delete(s.homes, name)
-	}
-}
-
-// home returns u's open home, opening (and creating) it on first use, when
-// its usage is computed from disk.
-func (s *Server) home(u users.User) (*vfs.FS, error) {
-	dir := u.HomeDir(s.cfg.Homes)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if h := s.homes[u.Name]; h != nil && h.dir == dir {
-		h.fs.SetLimits(limitsOf(u))
-		return h.fs, nil
-	}
-	fsys, err := vfs.Open(dir, vfs.Options{Limits: limitsOf(u), Fsync: s.cfg.Fsync})
-	if err != nil {
-		return nil, fmt.Errorf("open home of %s: %w", u.Name, err)
-	}
-	// A home that moved leaves the old one to the sessions still using it.
-	s.homes[u.Name] = &home{dir: dir, fs: fsys, rescan: u.Rescan}
-	return fsys, nil
-}
+func (s *Server) closeHomes() { s.homes.closeAll() }
 
 func limitsOf(u users.User) vfs.Limits {
 	return vfs.Limits{Bytes: int64(u.Quota), Files: u.MaxFiles}
@@ -218,31 +195,27 @@ func limitsOf(u users.User) vfs.Limits {
 // connections end, open homes take their users' new limits, and a home whose
 // user asked for a rescan (`silo user rescan`) recomputes its usage.
 func (s *Server) Reloaded(removed []string) {
-	s.mu.Lock()
-	type job struct {
-		name string
-		fs   *vfs.FS
-	}
-	var rescans []job
-	for name, h := range s.homes {
+	var rescans []*openHome
+	s.homes.each(func(name string, oh *openHome) {
 		u, ok := s.cfg.Users.Lookup(name)
 		if !ok {
-			continue
+			return
 		}
-		h.fs.SetLimits(limitsOf(u))
-		if u.Rescan != h.rescan {
-			h.rescan = u.Rescan
-			rescans = append(rescans, job{name, h.fs})
+		oh.fs.SetLimits(limitsOf(u))
+		if u.Rescan != oh.rescan {
+			oh.rescan = u.Rescan
+			oh.refs++ // kept open for the walk
+			rescans = append(rescans, oh)
 		}
-	}
-	s.mu.Unlock()
-	for _, j := range rescans {
-		if err := j.fs.Rescan(); err != nil {
-			s.log.Error("rescan failed", "user", j.name, "err", err)
-			continue
+	})
+	for _, oh := range rescans {
+		if err := oh.fs.Rescan(); err != nil {
+			s.log.Error("rescan failed", "user", oh.user, "err", err)
+		} else {
+			u := oh.fs.Usage()
+			s.log.Info("usage rescanned", "user", oh.user, "bytes", u.Bytes, "files", u.Files)
 		}
-		u := j.fs.Usage()
-		s.log.Info("usage rescanned", "user", j.name, "bytes", u.Bytes, "files", u.Files)
+		s.homes.release(oh)
 	}
 	s.usersRemoved(removed)
 }
@@ -252,22 +225,15 @@ func (s *Server) Reloaded(removed []string) {
 func (s *Server) usersRemoved(names []string) {
 	s.mu.Lock()
 	var drop []*connState
-	var homes []*home
 	for _, name := range names {
 		for st := range s.conns[name] {
 			drop = append(drop, st)
 		}
-		if h := s.homes[name]; h != nil {
-			homes = append(homes, h)
-			delete(s.homes, name)
-		}
 	}
 	s.mu.Unlock()
+	s.homes.drop(names)
 	for _, st := range drop {
 		s.log.Info("closing connection of removed user", "user", st.user, "remote", st.remote)
 		st.raw.Close()
-	}
-	for _, h := range homes {
-		h.fs.Close()
 	}
 }

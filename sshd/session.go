@@ -57,12 +57,13 @@ func (s *Server) handleSession(_ *gssh.Server, conn *gossh.ServerConn, nc gossh.
 		return
 	}
 	log := s.log.With("session", shortID(ctx.SessionID()), "user", name, "remote", conn.RemoteAddr().String())
-	fsys, err := s.home(u)
+	fsys, release, err := s.homes.acquire(u)
 	if err != nil {
 		log.Error("home unavailable", "err", err)
 		nc.Reject(gossh.ResourceShortage, "home directory unavailable")
 		return
 	}
+	defer release()
 	ch, reqs, err := nc.Accept()
 	if err != nil {
 		return

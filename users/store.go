@@ -3,6 +3,7 @@ package users
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"slices"
@@ -25,8 +26,9 @@ var (
 // Store is a running server's read view of the users file. It is safe for
 // concurrent use; Reload swaps the whole view at once.
 type Store struct {
-	path string
-	log  *slog.Logger
+	path  string
+	homes string // the server's homes directory, for CheckHomes
+	log   *slog.Logger
 
 	mu     sync.RWMutex
 	byName map[string]*entry
@@ -44,9 +46,10 @@ type stamp struct {
 	mtime, ctim int64
 }
 
-// OpenStore loads the users file at path. A missing file is an empty store.
-func OpenStore(path string, log *slog.Logger) (*Store, error) {
-	s := &Store{path: path, log: log}
+// OpenStore loads the users file at path, for a server whose default homes
+// are in homes. A missing file is an empty store.
+func OpenStore(path, homes string, log *slog.Logger) (*Store, error) {
+	s := &Store{path: path, homes: homes, log: log}
 	if _, err := s.Reload(); err != nil {
 		return nil, err
 	}
@@ -69,6 +72,9 @@ func (s *Store) Reload() (removed []string, err error) {
 	f, err := Load(s.path)
 	if err != nil {
 		return nil, err
+	}
+	if err := f.CheckHomes(s.homes); err != nil {
+		return nil, fmt.Errorf("%s: %w", s.path, err)
 	}
 	byName := make(map[string]*entry, len(f.Users))
 	for _, u := range f.Users {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/BurntSushi/toml"
@@ -107,6 +108,44 @@ func (u *User) HomeDir(homes string) string {
 		return filepath.Clean(u.Home)
 	}
 	return filepath.Join(homes, u.Home)
+}
+
+// CheckHomes refuses two users whose homes, given the server's homes
+// directory, are the same directory or one inside the other: each would
+// count the other's files as its own. Links on the way are resolved where
+// the directories exist.
+func (f *File) CheckHomes(homes string) error {
+	type home struct{ key, name string }
+	list := make([]home, 0, len(f.Users))
+	for i := range f.Users {
+		list = append(list, home{resolvedPath(f.Users[i].HomeDir(homes)) + "/", f.Users[i].Name})
+	}
+	slices.SortFunc(list, func(a, b home) int { return strings.Compare(a.key, b.key) })
+	// A home inside another sorts right after it, or after homes that
+	// are inside it too.
+	for i := 1; i < len(list); i++ {
+		if a, b := list[i-1], list[i]; strings.HasPrefix(b.key, a.key) {
+			return fmt.Errorf("users %s and %s have overlapping homes: %s and %s",
+				a.name, b.name, strings.TrimSuffix(a.key, "/"), strings.TrimSuffix(b.key, "/"))
+		}
+	}
+	return nil
+}
+
+// resolvedPath makes p absolute, with the links in the part of it that
+// exists resolved.
+func resolvedPath(p string) string {
+	p, _ = filepath.Abs(p)
+	rest := ""
+	for dir := p; ; dir = filepath.Dir(dir) {
+		if r, err := filepath.EvalSymlinks(dir); err == nil {
+			return filepath.Join(r, rest)
+		}
+		if dir == filepath.Dir(dir) {
+			return p
+		}
+		rest = filepath.Join(filepath.Base(dir), rest)
+	}
 }
 
 // Find returns the index of the named user, or -1.

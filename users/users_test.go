@@ -172,7 +172,7 @@ func TestStoreRehashesLegacyHashOnLogin(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "users.toml")
 	legacy := "$6$saltstring$svn8UoSVapNtMuq1ukKS4tPQd8iKwSMHWjl/O817G3uBnIFNjnQJuesI68u4OTLiBFdcbYEdFCoEOfaS35inz1"
 	Update(path, func(f *File) error { f.Users = []User{{Name: "alice", Password: legacy}}; return nil })
-	s, err := OpenStore(path, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	s, err := OpenStore(path, filepath.Join(filepath.Dir(path), "homes"), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,7 +203,7 @@ func TestStoreUnknownUserCostsAHash(t *testing.T) {
 		f.Users = []User{{Name: "alice", Password: h}, {Name: "keyonly", Keys: []string{"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMm3ykzHOQXKkoqOf1NWYh3RPBEWR56/D6ujl2GPnl3q"}}}
 		return nil
 	})
-	s, _ := OpenStore(path, slog.New(slog.DiscardHandler))
+	s, _ := OpenStore(path, filepath.Join(filepath.Dir(path), "homes"), slog.New(slog.DiscardHandler))
 	dummyHash() // built once, outside the measurement
 	timeIt := func(name string) time.Duration {
 		best := time.Hour
@@ -226,5 +226,56 @@ func TestStoreUnknownUserCostsAHash(t *testing.T) {
 	}
 	if d := time.Since(start); d > wrong/4 {
 		t.Errorf("an over-long password took %v to refuse; it must not be hashed", d)
+	}
+}
+
+func TestCheckHomes(t *testing.T) {
+	homes := t.TempDir()
+	os.MkdirAll(filepath.Join(homes, "real"), 0o700)
+	os.Symlink("real", filepath.Join(homes, "alias"))
+	for _, tc := range []struct {
+		name  string
+		users []User
+		want  string
+	}{
+		{"distinct", []User{{Name: "alice"}, {Name: "alice2"}, {Name: "bob", Home: "/srv/x"}}, ""},
+		{"same", []User{{Name: "alice"}, {Name: "bob", Home: "alice"}}, "users alice and bob have overlapping homes"},
+		{"inside", []User{{Name: "alice"}, {Name: "bob", Home: "alice/sub"}}, "users alice and bob have overlapping homes"},
+		{"holds", []User{{Name: "bob", Home: homes}, {Name: "alice"}}, "have overlapping homes"},
+		{"through a link", []User{{Name: "carol", Home: "alias/c"}, {Name: "dave", Home: "real"}}, "users dave and carol have overlapping homes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := (&File{Users: tc.users}).CheckHomes(homes)
+			if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+				t.Fatalf("got %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// A users file whose homes overlap is refused at start and on reload; on
+// reload the previous users stay in force.
+func TestStoreRefusesOverlappingHomes(t *testing.T) {
+	dir := t.TempDir()
+	path, homes := filepath.Join(dir, "users.toml"), filepath.Join(dir, "homes")
+	write := func(body string) { os.WriteFile(path, []byte(body), 0o600) }
+	write("[[user]]\nname = \"alice\"\nkeys = [\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMm3ykzHOQXKkoqOf1NWYh3RPBEWR56/D6ujl2GPnl3q\"]\n")
+	s, err := OpenStore(path, homes, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	write("[[user]]\nname = \"alice\"\nkeys = [\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMm3ykzHOQXKkoqOf1NWYh3RPBEWR56/D6ujl2GPnl3q\"]\n" +
+		"[[user]]\nname = \"mallory\"\nhome = \"alice\"\nkeys = [\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMm3ykzHOQXKkoqOf1NWYh3RPBEWR56/D6ujl2GPnl3q\"]\n")
+	if _, err := s.Reload(); err == nil || !strings.Contains(err.Error(), "users alice and mallory have overlapping homes") {
+		t.Fatalf("reload: %v", err)
+	}
+	if _, ok := s.Lookup("alice"); !ok {
+		t.Fatal("alice lost after a refused reload")
+	}
+	if _, ok := s.Lookup("mallory"); ok {
+		t.Fatal("mallory admitted")
+	}
+	if _, err := OpenStore(path, homes, slog.New(slog.DiscardHandler)); err == nil {
+		t.Fatal("a store with overlapping homes opened")
 	}
 }

@@ -61,7 +61,9 @@ func sftpFrame(typ byte, id uint32, fields ...[]byte) []byte {
 	return append(binary.BigEndian.AppendUint32(nil, uint32(len(body))), body...)
 }
 
-func sftpString(s string) []byte { return append(binary.BigEndian.AppendUint32(nil, uint32(len(s))), s...) }
+func sftpString(s string) []byte {
+	return append(binary.BigEndian.AppendUint32(nil, uint32(len(s))), s...)
+}
 
 // readFrame reads one SFTP packet: type and body after it.
 func readFrame(r io.Reader) (byte, []byte, error) {

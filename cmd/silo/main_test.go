@@ -434,3 +434,12 @@ func TestJSONLogsAndReload(t *testing.T) {
 		t.Errorf("%d login lines for dave, want 2:\n%s", logins, s.log)
 	}
 }
+
+func TestUserAddRefusesAnotherUsersHome(t *testing.T) {
+	cfg := writeConfig(t, testConfig)
+	addKeyUser(t, cfg, "alice")
+	_, stderr, code := silo(t, "pw\n", "user", "add", "bob", "--password-stdin", "--home", "alice/inbox", "--config", cfg)
+	if code == 0 || !strings.Contains(stderr, "users alice and bob have overlapping homes") {
+		t.Fatalf("user add with a home inside alice's: %d %s", code, stderr)
+	}
+}

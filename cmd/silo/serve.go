@@ -47,7 +47,7 @@ func serve(args []string, stderr io.Writer) error {
 	}
 	log := slog.New(handler)
 
-	store, err := users.OpenStore(cfg.Users, log)
+	store, err := users.OpenStore(cfg.Users, cfg.Homes, log)
 	if err != nil {
 		return fmt.Errorf("users: %w", err)
 	}

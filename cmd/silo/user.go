@@ -97,7 +97,7 @@ func userCmd(sub string, args []string, stdin io.Reader, stdout io.Writer) error
 				return fmt.Errorf("user %s already exists", name)
 			}
 			f.Users = append(f.Users, u)
-			return nil
+			return f.CheckHomes(cfg.Homes)
 		}); err != nil {
 			return err
 		}
