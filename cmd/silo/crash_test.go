@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -160,5 +162,111 @@ func TestSIGTERMLetsUploadFinish(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("silo still running 10 s after the upload finished")
+	}
+}
+
+// countingReader closes reached once n bytes have been read.
+type countingReader struct {
+	r       io.Reader
+	n       int64
+	reached chan struct{}
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	k, err := c.r.Read(p)
+	if c.n > 0 && c.n <= int64(k) {
+		close(c.reached)
+	}
+	c.n -= int64(k)
+	return k, err
+}
+
+// TestCrashOutOfOrderThenReput kills silo with SIGKILL at a random point of
+// a 200 MiB upload that pkg/sftp's client writes out of order (64 writes in
+// flight), while another account holds all the out-of-order data it may:
+// after a restart the file is a prefix of what was sent, and reput makes
+// it whole. `make crashtest` runs it.
+func TestCrashOutOfOrderThenReput(t *testing.T) {
+	if os.Getenv("SILO_CRASHTEST") == "" {
+		t.Skip("slow; run with make crashtest")
+	}
+	if _, err := exec.LookPath("sftp"); err != nil {
+		t.Fatal("needs OpenSSH's sftp")
+	}
+	cfg := writeConfig(t, testConfig)
+	dir := filepath.Dir(cfg)
+	hogKey := addKeyUser(t, cfg, "hog")
+	keyFile := addKeyUser(t, cfg, "alice")
+	data := make([]byte, 200<<20)
+	rand.Read(data)
+	local := filepath.Join(t.TempDir(), "data")
+	os.WriteFile(local, data, 0o644)
+	remote := filepath.Join(dir, "homes", "alice", "big")
+	for round := range 10 {
+		os.Remove(remote)
+		s := startSilo(t, cfg)
+		// The hog: writes far ahead of a gap in three files, handles
+		// open, so that its home's budget is full.
+		hc, err := dialSilo(s.addr, "hog", ssh.InsecureIgnoreHostKey(), keyAuth(t, hogKey))
+		if err != nil {
+			t.Fatal(err)
+		}
+		hog, err := sftp.NewClient(hc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 3 {
+			f, err := hog.Create(fmt.Sprintf("hold%d", i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for off := int64(32 << 10); off < 32<<20; off += 32 << 10 {
+				f.WriteAt(data[:32<<10], off)
+			}
+		}
+
+		c, err := dialSilo(s.addr, "alice", ssh.InsecureIgnoreHostKey(), keyAuth(t, keyFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl, err := sftp.NewClient(c, sftp.UseConcurrentWrites(true), sftp.MaxConcurrentRequestsPerFile(64))
+		if err != nil {
+			t.Fatal(err)
+		}
+		at, _ := rand.Int(rand.Reader, big.NewInt(int64(len(data))))
+		src := &countingReader{r: bytes.NewReader(data), n: at.Int64() + 1, reached: make(chan struct{})}
+		go func() {
+			if f, err := cl.Create("big"); err == nil {
+				f.ReadFrom(src)
+			}
+		}()
+		<-src.reached
+		s.cmd.Process.Signal(syscall.SIGKILL)
+		s.cmd.Wait()
+		c.Close()
+		hc.Close()
+
+		s2 := startSilo(t, cfg)
+		got, err := os.ReadFile(remote)
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		if !bytes.Equal(got, data[:len(got)]) {
+			t.Fatalf("round %d: killed after %d bytes were sent, the %d bytes kept are not a prefix of them", round, at.Int64(), len(got))
+		}
+		port := s2.addr[strings.LastIndexByte(s2.addr, ':')+1:]
+		reput := exec.Command("sftp", "-F", "/dev/null", "-P", port, "-i", keyFile,
+			"-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "IdentityAgent=none",
+			"-o", "LogLevel=ERROR", "-b", "-", "alice@127.0.0.1")
+		reput.Stdin = strings.NewReader(fmt.Sprintf("reput %s big\n", local))
+		if out, err := reput.CombinedOutput(); err != nil {
+			t.Fatalf("round %d: reput: %v\n%s", round, err, out)
+		}
+		if got, _ := os.ReadFile(remote); !bytes.Equal(got, data) {
+			t.Fatalf("round %d: after reput the file differs (%d bytes)", round, len(got))
+		}
+		t.Logf("round %d: killed after %d of %d bytes were sent, %d kept; reput made it whole", round, at.Int64(), len(data), len(got))
+		s2.cmd.Process.Signal(syscall.SIGTERM)
+		s2.cmd.Wait()
 	}
 }
