@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -194,5 +195,75 @@ func TestSlowReadersHoldBoundedMemory(t *testing.T) {
 	t.Logf("silo RSS: %d MiB with 200 idle sessions, at most %d MiB with them stalled", idle>>20, peak>>20)
 	if peak-idle > slowReaderBudget {
 		t.Fatalf("200 stalled sessions cost %d MiB, more than %d MiB", (peak-idle)>>20, slowReaderBudget>>20)
+	}
+}
+
+// One account that opens every handle it can stops at its own limit, and
+// all accounts together stop short of silo's descriptor limit, so that
+// others can still log in (and, within their limit, transfer).
+func TestHandlesLeaveDescriptorsForOthers(t *testing.T) {
+	for _, tc := range []struct {
+		name, limits, nofile, refusal string
+		bobUploads                    bool
+	}{
+		{"account limit", "", "4096", "too many open handles for this account", true},
+		{"server budget", "max_open_handles_per_user = 100000\n", "1000", "the server has too many open files", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := writeConfig(t, testConfig+"\n[limits]\nmax_open_handles = 100000\n"+tc.limits)
+			dir := filepath.Dir(cfg)
+			aliceKey := addKeyUser(t, cfg, "alice")
+			bobKey := addKeyUser(t, cfg, "bob")
+			os.MkdirAll(filepath.Join(dir, "homes", "alice"), 0o700)
+			os.WriteFile(filepath.Join(dir, "homes", "alice", "f"), []byte("x"), 0o644)
+			s := startSiloCmd(t, exec.Command("sh", "-c", `ulimit -n "$2" && exec "$0" serve --config "$1"`, siloBin, cfg, tc.nofile))
+
+			opened := 0
+			var refusal error
+			for c := 0; c < 8 && refusal == nil; c++ {
+				conn, err := dialSilo(s.addr, "alice", ssh.InsecureIgnoreHostKey(), keyAuth(t, aliceKey))
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { conn.Close() })
+				cl, err := sftp.NewClient(conn)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for range 1000 {
+					if _, err := cl.Open("f"); err != nil {
+						refusal = err
+						break
+					}
+					opened++ // and held open
+				}
+			}
+			if refusal == nil || !strings.Contains(refusal.Error(), tc.refusal) {
+				t.Fatalf("after %d handles: %v", opened, refusal)
+			}
+			bc, err := dialSilo(s.addr, "bob", ssh.InsecureIgnoreHostKey(), keyAuth(t, bobKey))
+			if err != nil {
+				t.Fatalf("bob's login while alice holds %d handles: %v", opened, err)
+			}
+			defer bc.Close()
+			cl, err := sftp.NewClient(bc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := cl.Stat("/"); err != nil {
+				t.Fatalf("bob's stat: %v", err)
+			}
+			if tc.bobUploads {
+				f, err := cl.Create("up")
+				if err == nil {
+					f.Write([]byte("hello"))
+					err = f.Close()
+				}
+				if err != nil {
+					t.Fatalf("bob's upload: %v", err)
+				}
+			}
+			t.Logf("alice held %d handles; bob logged in", opened)
+		})
 	}
 }

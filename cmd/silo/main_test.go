@@ -217,7 +217,13 @@ var fpRE = regexp.MustCompile(`fingerprint=(SHA256:\S+)`)
 
 func startSilo(t *testing.T, cfg string) *server {
 	t.Helper()
-	cmd := exec.Command(siloBin, "serve", "--config", cfg)
+	return startSiloCmd(t, exec.Command(siloBin, "serve", "--config", cfg))
+}
+
+// startSiloCmd starts silo with a command line of the caller's (a limit
+// set first, say).
+func startSiloCmd(t *testing.T, cmd *exec.Cmd) *server {
+	t.Helper()
 	stderr, _ := cmd.StderrPipe()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
