@@ -5,6 +5,7 @@
 # Then, unless FSYNC_RUN=0, the put workloads again with silo's fsync = true,
 # the cost of durable uploads; and, unless HASH_RUN=0, `ssh silo md5sum` (and
 # the other checksum commands) against GNU coreutils on the same 1 GiB file.
+# Then, unless ORDER_RUN=0, the cost of a full out-of-order budget.
 #   Env: ROUNDS (default 5), ONLY (workload regex), SHARED (default ../shared),
 #        SILO_BENCH_PORT (default 2023); anything compare.sh takes.
 # Needs root (the reference sshd) and a built ./silo.
@@ -77,4 +78,14 @@ if [[ ${HASH_RUN:-1} != 0 ]]; then
     sm=$(median "${s[@]}") gm=$(median "${g[@]}")
     printf '%-12s %10d %10d %12.2f\n' "$c" "$sm" "$gm" "$(awk -v s="$sm" -v g="$gm" 'BEGIN{print g / s}')"
   done
+fi
+
+if [[ ${ORDER_RUN:-1} != 0 ]]; then
+  # Writes ahead of a gap held in memory, against written at once behind a
+  # mark file (what a writer gets once a budget is full).
+  echo "## out-of-order writes: held in memory against behind a mark (vfs)"
+  go test -run '^$' -bench BenchmarkOutOfOrderWrites -benchtime "${ROUNDS:-5}x" ./vfs |
+    awk '/^Benchmark/ {split($1, n, "/"); sub(/-[0-9]+$/, "", n[2]); mbs[n[2]] = $(NF-1)}
+      END {printf "%-10s %10s %10s %8s\n", "workload", "held_MB/s", "mark_MB/s", "ratio";
+           printf "%-10s %10.0f %10.0f %8.2f\n", "64MiB", mbs["held"], mbs["spilled"], mbs["spilled"] / mbs["held"]}'
 fi

@@ -161,3 +161,40 @@ func TestHeldBackBudgetIsPerHome(t *testing.T) {
 		t.Fatalf("held after close: %d %d %d", a.held.Load(), b.held.Load(), heldTotal.Load())
 	}
 }
+
+// BenchmarkOutOfOrderWrites measures what a full budget costs a writer:
+// every second 255 KiB write arrives ahead of a gap, and is held in memory
+// ("held") or written behind a mark ("spilled"). `make bench` prints both.
+func BenchmarkOutOfOrderWrites(b *testing.B) {
+	const piece, total = 255 << 10, 64 << 20
+	data := randBytes(piece)
+	for _, tc := range []struct {
+		name   string
+		budget int64
+	}{{"held", 512 << 20}, {"spilled", 0}} {
+		b.Run(tc.name, func(b *testing.B) {
+			old := [3]int64{maxHeldFile, maxHeldHome, maxHeldTotal}
+			maxHeldFile, maxHeldHome, maxHeldTotal = tc.budget, tc.budget, tc.budget
+			defer func() { maxHeldFile, maxHeldHome, maxHeldTotal = old[0], old[1], old[2] }()
+			f, err := Open(b.TempDir(), Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer f.Close()
+			b.SetBytes(total)
+			for range b.N {
+				file, err := f.OpenFile("x", create)
+				if err != nil {
+					b.Fatal(err)
+				}
+				for off := int64(0); off+2*piece <= total; off += 2 * piece {
+					file.WriteAt(data, off+piece)
+					file.WriteAt(data, off)
+				}
+				if err := file.Close(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
