@@ -22,6 +22,7 @@ import (
 
 	"golang.org/x/crypto/blake2b"
 
+	"silo/internal/strerror"
 	"silo/vfs"
 )
 
@@ -316,5 +317,5 @@ func describe(err error) string {
 	if errors.Is(err, context.Canceled) {
 		return "Interrupted"
 	}
-	return vfs.Strerror(err)
+	return strerror.Of(err)
 }

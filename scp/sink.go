@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"silo/vfs"
+	"silo/internal/strerror"
 )
 
 // sink receives into target: a directory that the sent entries go into, or
@@ -114,7 +114,7 @@ func (s *session) sinkDir(np string, mode fs.FileMode, times *[2]time.Time) erro
 		return nil
 	case err != nil:
 		if err := s.fs.Mkdir(np); err != nil {
-			s.warn("%s: %s", np, vfs.Strerror(err))
+			s.warn("%s: %s", np, strerror.Of(err))
 			return nil
 		}
 	}
@@ -141,7 +141,7 @@ func (s *session) receive(np string, mode fs.FileMode, size int64, times *[2]tim
 	existed := statErr == nil
 	f, err := s.fs.OpenFile(np, os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
 	if err != nil {
-		s.warn("%s: %s", np, vfs.Strerror(err))
+		s.warn("%s: %s", np, strerror.Of(err))
 		return nil // the source skips this file's data
 	}
 	if err := s.ack(); err != nil {
@@ -178,7 +178,7 @@ func (s *session) receive(np string, mode fs.FileMode, size int64, times *[2]tim
 		werr = cerr
 	}
 	if werr != nil {
-		s.warn("%s: %s", np, vfs.Strerror(werr))
+		s.warn("%s: %s", np, strerror.Of(werr))
 		return nil
 	}
 	// As OpenSSH: a new file takes the sender's mode, an existing one only

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 
+	"silo/internal/strerror"
 	"silo/vfs"
 )
 
@@ -23,7 +24,7 @@ func (s *session) sourceAll(args []string) error {
 	for _, a := range args {
 		names, err := s.expand(a)
 		if err != nil {
-			s.warn("%s: %s", a, vfs.Strerror(err))
+			s.warn("%s: %s", a, strerror.Of(err))
 			continue
 		}
 		for _, n := range names {
@@ -81,7 +82,7 @@ func (s *session) source(name string) error {
 	}
 	fi, err := s.fs.Stat(name)
 	if err != nil {
-		s.warn("%s: %s", name, vfs.Strerror(err))
+		s.warn("%s: %s", name, strerror.Of(err))
 		return nil
 	}
 	base := path.Base(vfs.Clean(name))
@@ -118,7 +119,7 @@ func (s *session) sendTimes(fi fs.FileInfo) error {
 func (s *session) sendFile(name, base string, fi fs.FileInfo) error {
 	f, err := s.fs.OpenFile(name, os.O_RDONLY)
 	if err != nil {
-		s.warn("%s: %s", name, vfs.Strerror(err))
+		s.warn("%s: %s", name, strerror.Of(err))
 		return nil
 	}
 	defer f.Close()
@@ -150,7 +151,7 @@ func (s *session) sendFile(name, base string, fi fs.FileInfo) error {
 		off += n
 	}
 	if rerr != nil {
-		s.warn("%s: %s", name, vfs.Strerror(rerr))
+		s.warn("%s: %s", name, strerror.Of(rerr))
 	} else if err := s.ack(); err != nil {
 		return errStop
 	}
@@ -167,7 +168,7 @@ func (s *session) sendDir(name, base string, fi fs.FileInfo) error {
 	}
 	d, err := s.fs.ReadDir(name)
 	if err != nil {
-		s.warn("%s: %s", name, vfs.Strerror(err))
+		s.warn("%s: %s", name, strerror.Of(err))
 	} else {
 		defer d.Close()
 		for {
@@ -181,7 +182,7 @@ func (s *session) sendDir(name, base string, fi fs.FileInfo) error {
 				break
 			}
 			if err != nil {
-				s.warn("%s: %s", name, vfs.Strerror(err))
+				s.warn("%s: %s", name, strerror.Of(err))
 				break
 			}
 		}

@@ -2,8 +2,10 @@ package sshd_test
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -158,5 +160,30 @@ func TestOpenHandlesPerAccount(t *testing.T) {
 	a2.close(last)
 	if r := a2.open("/f", fxfRead); r.typ != fxpHandle {
 		t.Fatalf("alice after closing one: %+v", r)
+	}
+}
+
+// A request pipelined right behind the open of its handle (no honest client
+// sends one, it needs the handle first) waits for the open to be answered:
+// pkg/sftp registers a handle before it has finished setting it up. Under
+// -race, a request that did not wait shows as a data race.
+func TestRequestBehindItsOpenWaits(t *testing.T) {
+	ts := startServer(t)
+	ts.addUser("alice", "", "alice")
+	c := ts.rawSFTP("alice", "alice")
+	for i := range 100 {
+		handle := str(strconv.Itoa(i + 1)) // pkg/sftp numbers its handles from 1
+		c.writePacket(fxpOpen, u32(uint32(3*i+1)), str(fmt.Sprintf("/f%d", i)), u32(fxfWrite|fxfCreat), u32(0))
+		c.writePacket(fxpWrite, u32(uint32(3*i+2)), handle, u64(0), str("data"))
+		c.writePacket(fxpClose, u32(uint32(3*i+3)), handle)
+		for k := range 3 {
+			typ, body := c.readPacket()
+			if k == 0 && typ != fxpHandle || k > 0 && (typ != fxpStatus || body[7] != 0) {
+				t.Fatalf("round %d, reply %d: %d %x", i, k, typ, body)
+			}
+		}
+	}
+	if got, _ := os.ReadFile(filepath.Join(ts.home("alice"), "f99")); string(got) != "data" {
+		t.Fatalf("f99 holds %q", got)
 	}
 }

@@ -19,7 +19,6 @@ import (
 	"time"
 
 	gssh "github.com/gliderlabs/ssh"
-	"github.com/pkg/sftp"
 	gossh "golang.org/x/crypto/ssh"
 
 	"silo/users"
@@ -64,14 +63,6 @@ type Server struct {
 	mu    sync.Mutex
 	all   map[*connState]struct{}            // every open connection
 	conns map[string]map[*connState]struct{} // logged-in connections by user
-}
-
-func init() {
-	// Hard links are refused, so they are not advertised either; clients
-	// then say "server does not support" instead of failing mysteriously.
-	if err := sftp.SetSFTPExtensions("posix-rename@openssh.com", "statvfs@openssh.com"); err != nil {
-		panic(err)
-	}
 }
 
 // defaultHomeIdleClose keeps a home open across a client's reconnects, and

@@ -1,8 +1,10 @@
 package sshd
 
-// The pkg/sftp adapter: it turns SFTP requests (draft-ietf-secsh-filexfer-02)
-// into vfs calls, and vfs errors into SFTP status codes with a short message
-// that names only virtual paths.
+// The SFTP subsystem, in two files. This one is the pkg/sftp adapter: it
+// turns SFTP requests (draft-ietf-secsh-filexfer-02) into vfs calls, and vfs
+// errors into SFTP status codes with a short message that names only
+// virtual paths. sftpstream.go is the packet layer between the channel and
+// pkg/sftp, for what pkg/sftp does not do.
 
 import (
 	"context"
@@ -67,6 +69,16 @@ func (h *sftpHandler) release() {
 	h.st.s.handles.Add(-1)
 	h.acct.handles.Add(-1)
 	h.handles.Add(-1)
+}
+
+func init() {
+	// pkg/sftp's VERSION reply lists its extensions from a package-wide
+	// list. Hard links are refused, so they are not announced either;
+	// clients then say "server does not support" instead of failing
+	// mysteriously. The stream adds silo's own (sftpExtensionsAdded).
+	if err := sftp.SetSFTPExtensions("posix-rename@openssh.com", "statvfs@openssh.com"); err != nil {
+		panic(err)
+	}
 }
 
 // serveSFTP runs an SFTP session on ch until the client ends it or ctx is
@@ -419,9 +431,35 @@ type statusError struct {
 func (e *statusError) Error() string { return e.msg }
 func (e *statusError) Unwrap() error { return e.code }
 
+// sftpErrors words vfs errors for SFTP clients, searched in order: an errno
+// matches the fs sentinels too (ENOTEMPTY is fs.ErrExist), so the more
+// precise come first. %s is the virtual path.
+var sftpErrors = []struct {
+	is   error
+	code error
+	msg  string
+}{
+	{vfs.ErrBusy, sftp.ErrSSHFxFailure, "file is being written by another session: %s"},
+	{vfs.ErrEscape, sftp.ErrSSHFxPermissionDenied, "permission denied: %s leads outside your home"},
+	{vfs.ErrNotRegular, sftp.ErrSSHFxFailure, "not a regular file: %s"},
+	{vfs.ErrUnsupported, sftp.ErrSSHFxOpUnsupported, "operation not supported: %s"},
+	{syscall.ENOTEMPTY, sftp.ErrSSHFxFailure, "directory not empty: %s"},
+	{syscall.EISDIR, sftp.ErrSSHFxFailure, "is a directory: %s"},
+	{syscall.ENOTDIR, sftp.ErrSSHFxNoSuchFile, "not a directory: %s"},
+	{syscall.EBUSY, sftp.ErrSSHFxFailure, "cannot change the home directory itself: %s"},
+	{syscall.EINVAL, sftp.ErrSSHFxBadMessage, "invalid argument: %s"},
+	{syscall.EAGAIN, sftp.ErrSSHFxFailure, "busy, try again: %s"},
+	{syscall.ENOSPC, sftp.ErrSSHFxFailure, "no space left on the server"},
+	{syscall.EDQUOT, sftp.ErrSSHFxFailure, "no space left on the server"},
+	{fs.ErrNotExist, sftp.ErrSSHFxNoSuchFile, "no such file or directory: %s"},
+	{fs.ErrExist, sftp.ErrSSHFxFailure, "already exists: %s"},
+	{fs.ErrPermission, sftp.ErrSSHFxPermissionDenied, "permission denied: %s"},
+}
+
 // status translates a vfs error into an SFTP status with a message a person
-// can act on. Paths in it are virtual; anything unexpected is logged here
-// and reaches the client as a plain failure.
+// can act on. Paths in it are virtual. An errno without words of its own
+// gets its system text; anything else is logged here and reaches the client
+// as a plain failure.
 func (h *sftpHandler) status(err error) error {
 	if err == nil || err == io.EOF {
 		return err
@@ -435,50 +473,23 @@ func (h *sftpHandler) status(err error) error {
 	if errors.As(err, &pe) {
 		p = pe.Path
 	}
-	var code error = sftp.ErrSSHFxFailure
-	var what string
 	var qe *vfs.QuotaError
-	switch {
-	case errors.As(err, &qe):
-		what = qe.Error()
-	case errors.Is(err, vfs.ErrBusy):
-		what = "file is being written by another session: %s"
-	case errors.Is(err, vfs.ErrEscape):
-		code, what = sftp.ErrSSHFxPermissionDenied, "permission denied: %s leads outside your home"
-	case errors.Is(err, fs.ErrNotExist):
-		code, what = sftp.ErrSSHFxNoSuchFile, "no such file or directory: %s"
-	case errors.Is(err, fs.ErrExist):
-		what = "already exists: %s"
-	case errors.Is(err, fs.ErrPermission):
-		code, what = sftp.ErrSSHFxPermissionDenied, "permission denied: %s"
-	case errors.Is(err, vfs.ErrNotEmpty):
-		what = "directory not empty: %s"
-	case errors.Is(err, vfs.ErrIsDir):
-		what = "is a directory: %s"
-	case errors.Is(err, vfs.ErrNotDir):
-		code, what = sftp.ErrSSHFxNoSuchFile, "not a directory: %s"
-	case errors.Is(err, vfs.ErrNotRegular):
-		what = "not a regular file: %s"
-	case errors.Is(err, vfs.ErrUnsupported):
-		code, what = sftp.ErrSSHFxOpUnsupported, "operation not supported: %s"
-	case errors.Is(err, syscall.EBUSY):
-		what = "cannot change the home directory itself: %s"
-	case errors.Is(err, syscall.ENAMETOOLONG):
-		what = "name too long: %s"
-	case errors.Is(err, syscall.ELOOP):
-		what = "too many levels of symbolic links: %s"
-	case errors.Is(err, syscall.EINVAL):
-		code, what = sftp.ErrSSHFxBadMessage, "invalid argument: %s"
-	case errors.Is(err, syscall.EFBIG):
-		what = "file too large: %s"
-	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
-		what = "no space left on the server"
-	default:
-		h.log.Error("sftp operation failed", "err", err)
-		what = "failure: %s"
+	if errors.As(err, &qe) {
+		return &statusError{sftp.ErrSSHFxFailure, qe.Error()}
 	}
-	if strings.Contains(what, "%s") {
-		what = fmt.Sprintf(what, p)
+	for _, e := range sftpErrors {
+		if errors.Is(err, e.is) {
+			msg := e.msg
+			if strings.Contains(msg, "%s") {
+				msg = fmt.Sprintf(msg, p)
+			}
+			return &statusError{e.code, msg}
+		}
 	}
-	return &statusError{code, what}
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return &statusError{sftp.ErrSSHFxFailure, fmt.Sprintf("%s: %s", errno.Error(), p)}
+	}
+	h.log.Error("sftp operation failed", "err", err)
+	return &statusError{sftp.ErrSSHFxFailure, "failure: " + p}
 }

@@ -63,36 +63,3 @@ func cause(err error) error {
 	}
 	return err
 }
-
-// Strerror describes an error of this package as the C library's strerror
-// would, for commands that print messages like their GNU or OpenSSH
-// originals ("md5sum: x: No such file or directory"). Quota and busy errors
-// keep their own words, which say what to do.
-func Strerror(err error) string {
-	var qe *QuotaError
-	switch {
-	case errors.As(err, &qe):
-		return qe.Error()
-	case errors.Is(err, ErrBusy):
-		return ErrBusy.Error()
-	case errors.Is(err, fs.ErrNotExist):
-		return "No such file or directory"
-	case errors.Is(err, ErrIsDir):
-		return "Is a directory"
-	case errors.Is(err, ErrNotDir):
-		return "Not a directory"
-	case errors.Is(err, ErrNotRegular):
-		return "Not a regular file"
-	case errors.Is(err, fs.ErrExist):
-		return "File exists"
-	case errors.Is(err, fs.ErrPermission), errors.Is(err, ErrEscape):
-		return "Permission denied"
-	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
-		return "No space left on device"
-	case errors.Is(err, syscall.ENAMETOOLONG):
-		return "File name too long"
-	case errors.Is(err, syscall.ELOOP):
-		return "Too many levels of symbolic links"
-	}
-	return "Input/output error"
-}
