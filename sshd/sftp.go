@@ -88,6 +88,7 @@ func init() {
 func serveSFTP(ctx context.Context, ch io.ReadWriteCloser, h *sftpHandler, touch func()) error {
 	stream := newSFTPStream(ctx, ch, touch, int(h.maxHandles), h.acct.inflight)
 	h.stream = stream
+	stream.ext = h.extension
 	// When the channel or the connection goes, nothing more will be
 	// answered: wake a reader that waits for a reply.
 	defer context.AfterFunc(ctx, stream.shut)()
@@ -261,7 +262,7 @@ func (h *sftpHandler) Filecmd(r *sftp.Request) (err error) {
 		// target (raw, as the client sent it) and Target the new link.
 		err = h.fs.Symlink(r.Filepath, r.Target)
 	case "Link":
-		err = &fs.PathError{Op: "link", Path: vfs.Clean(r.Target), Err: vfs.ErrUnsupported}
+		return &statusError{sftp.ErrSSHFxOpUnsupported, "hard links are not supported: " + vfs.Clean(r.Target)}
 	default:
 		return sftp.ErrSSHFxOpUnsupported
 	}

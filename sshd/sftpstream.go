@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/pkg/sftp"
 	"golang.org/x/sync/semaphore"
 )
 
@@ -47,11 +48,13 @@ const (
 	fxpSymlink       = 20
 	fxpStatus        = 101
 	fxpHandle        = 102
+	fxpName          = 104
 	fxpExtended      = 200
 	fxpExtendedReply = 201
 
 	fxOK               = 0
 	fxPermissionDenied = 3
+	fxFailure          = 4
 	fxOpUnsupported    = 8
 )
 
@@ -96,8 +99,10 @@ type sftpStream struct {
 	ctx        context.Context // the session's: ends waits for budget
 	touch      func()          // called for every request: the session is not idle
 	maxHandles uint64
-	session    *semaphore.Weighted
-	account    *semaphore.Weighted
+	// ext answers the extensions of the handler's (sftpext.go).
+	ext     func(name string, args []byte) (typ byte, body []byte, err error, ok bool)
+	session *semaphore.Weighted
+	account *semaphore.Weighted
 
 	// Reading: the bytes of the current incoming packet not yet handed on.
 	pending []byte
@@ -234,8 +239,6 @@ func (s *sftpStream) shut() {
 	s.closed = true
 	s.ocond.Broadcast()
 }
-
-var sftpExtensionsAdded = [][2]string{{"limits@openssh.com", "1"}}
 
 func (s *sftpStream) Read(p []byte) (int, error) {
 	for len(s.pending) == 0 && s.remain == 0 {
@@ -410,8 +413,8 @@ func (s *sftpStream) extended(body []byte) bool {
 	if uint32(len(body)-8) < n {
 		return false
 	}
-	switch string(body[8 : 8+n]) {
-	case "limits@openssh.com":
+	name, args := string(body[8:8+n]), body[8+n:]
+	if name == "limits@openssh.com" {
 		reply := []byte{fxpExtendedReply}
 		reply = append(reply, id...)
 		reply = binary.BigEndian.AppendUint64(reply, maxSFTPPacket)
@@ -421,7 +424,50 @@ func (s *sftpStream) extended(body []byte) bool {
 		s.inject(reply)
 		return true
 	}
-	return false
+	if s.ext == nil {
+		return false
+	}
+	// What the client sent before (writes to a handle it now syncs or
+	// copies from, say) is done before the extension runs.
+	s.waitAnswered()
+	typ, reply, err, ok := s.ext(name, args)
+	switch {
+	case !ok:
+		return false
+	case err != nil:
+		var se *statusError
+		if !errors.As(err, &se) {
+			se = &statusError{sftp.ErrSSHFxFailure, err.Error()}
+		}
+		s.status(id, statusCode(se.code), se.msg)
+	case reply == nil:
+		s.status(id, fxOK, "")
+	default:
+		s.inject(append(append([]byte{typ}, id...), reply...))
+	}
+	return true
+}
+
+// statusCode is the number of one of pkg/sftp's ErrSSHFx* codes.
+func statusCode(code error) uint32 {
+	for i, e := range []error{sftp.ErrSSHFxOk, sftp.ErrSSHFxEOF, sftp.ErrSSHFxNoSuchFile,
+		sftp.ErrSSHFxPermissionDenied, sftp.ErrSSHFxFailure, sftp.ErrSSHFxBadMessage,
+		sftp.ErrSSHFxNoConnection, sftp.ErrSSHFxConnectionLost, sftp.ErrSSHFxOpUnsupported} {
+		if code == e {
+			return uint32(i)
+		}
+	}
+	return fxFailure
+}
+
+// waitAnswered blocks until every request handed to pkg/sftp has been
+// answered, or the stream is closed.
+func (s *sftpStream) waitAnswered() {
+	s.omu.Lock()
+	defer s.omu.Unlock()
+	for s.replies < s.requests && !s.closed {
+		s.ocond.Wait()
+	}
 }
 
 // status injects an SSH_FXP_STATUS reply.

@@ -265,6 +265,26 @@ func (f *File) Truncate(size int64) error {
 	return wrap("truncate", f.name, f.w.truncate(size))
 }
 
+// Sync makes what has been written durable (fsync@openssh.com): the data
+// now, and for an overwrite, the directory too once Close has renamed the
+// new content into place.
+func (f *File) Sync() error {
+	if f.w == nil {
+		return wrap("fsync", f.name, f.f.Sync())
+	}
+	f.w.mu.Lock()
+	defer f.w.mu.Unlock()
+	if f.w.closed {
+		return wrap("fsync", f.name, os.ErrClosed)
+	}
+	if err := f.w.drain(true); err != nil {
+		f.w.fail(err)
+		return wrap("fsync", f.name, err)
+	}
+	f.w.synced = true
+	return wrap("fsync", f.name, f.w.f.Sync())
+}
+
 // Abort marks an upload as broken off (the client went away): Close then
 // keeps only what arrived in order, and an overwrite leaves the old file.
 func (f *File) Abort() {
@@ -305,6 +325,7 @@ type writer struct {
 	spans   []span // what lies beyond hw, by offset
 	heldN   int64  // bytes of spans held in memory
 	aborted bool   // the client went away
+	synced  bool   // the client asked for durability (Sync)
 	err     error  // the first write failure
 	closed  bool
 
@@ -536,7 +557,7 @@ func (w *writer) close() error {
 		return err
 	}
 	w.fs.adjust(w.size-w.credit-w.charge(w.size), 0)
-	if w.fs.fsync {
+	if w.fs.fsync || w.synced {
 		return w.dir.Sync()
 	}
 	return nil

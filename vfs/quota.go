@@ -65,11 +65,8 @@ func (e *QuotaError) Is(target error) bool {
 func (f *FS) reserve(bytes, files int64) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.limits.Files > 0 && files > 0 && f.used.Files+files > f.limits.Files {
-		return &QuotaError{Files: true, Left: max(0, f.limits.Files-f.used.Files), Limit: f.limits.Files}
-	}
-	if f.limits.Bytes > 0 && bytes > 0 && f.used.Bytes+bytes > f.limits.Bytes {
-		return &QuotaError{Left: max(0, f.limits.Bytes-f.used.Bytes), Limit: f.limits.Bytes}
+	if err := f.overLocked(bytes, files); err != nil {
+		return err
 	}
 	f.used.Bytes += bytes
 	f.used.Files += files
@@ -83,6 +80,27 @@ func (f *FS) adjust(bytes, files int64) {
 	defer f.mu.Unlock()
 	f.used.Bytes = max(0, f.used.Bytes+bytes)
 	f.used.Files = max(0, f.used.Files+files)
+}
+
+// Room reports, with the QuotaError a write would get, that the quota has
+// no room for bytes more. It reserves nothing: writes still reserve what
+// they take.
+func (f *FS) Room(bytes int64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.overLocked(bytes, 0)
+}
+
+// overLocked returns the QuotaError that growing by bytes and files would
+// meet, or nil. Caller holds mu.
+func (f *FS) overLocked(bytes, files int64) error {
+	if f.limits.Files > 0 && files > 0 && f.used.Files+files > f.limits.Files {
+		return &QuotaError{Files: true, Left: max(0, f.limits.Files-f.used.Files), Limit: f.limits.Files}
+	}
+	if f.limits.Bytes > 0 && bytes > 0 && f.used.Bytes+bytes > f.limits.Bytes {
+		return &QuotaError{Left: max(0, f.limits.Bytes-f.used.Bytes), Limit: f.limits.Bytes}
+	}
+	return nil
 }
 
 // Usage returns the home's current usage, writes in flight included.

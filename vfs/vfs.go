@@ -440,6 +440,25 @@ func (f *FS) Chtimes(name string, atime, mtime time.Time) error {
 	return wrap("chtimes", name, f.root.Chtimes(r, atime, mtime))
 }
 
+// Lchtimes sets the times of a symbolic link itself, or of whatever else
+// name is, without following a link (lsetstat@openssh.com).
+func (f *FS) Lchtimes(name string, atime, mtime time.Time) error {
+	r, err := f.rel(name)
+	if err != nil {
+		return wrap("chtimes", name, err)
+	}
+	if fi, err := f.root.Lstat(r); err != nil || fi.Mode()&fs.ModeSymlink == 0 {
+		return f.Chtimes(name, atime, mtime)
+	}
+	d, base, err := f.parent(r)
+	if err != nil {
+		return wrap("chtimes", name, err)
+	}
+	defer d.Close()
+	ts := []unix.Timespec{unix.NsecToTimespec(atime.UnixNano()), unix.NsecToTimespec(mtime.UnixNano())}
+	return wrap("chtimes", name, unix.UtimesNanoAt(int(d.Fd()), base, ts, unix.AT_SYMLINK_NOFOLLOW))
+}
+
 // Truncate sets a regular file's size, cutting it or extending it with a
 // hole; growth counts against the quota. On a file being written it acts on
 // what is being written (the new content of an overwrite).
@@ -464,8 +483,13 @@ func (f *FS) Truncate(name string, size int64) error {
 	return err
 }
 
+// unlimitedFiles is what StatFS reports free of entries without a limit.
+const unlimitedFiles = 1 << 31
+
 // StatFS describes the filesystem that holds the home, as seen by the user:
-// where a limit is set, the quota is the size and what it leaves is free.
+// where a limit is set, the quota is the size and what it leaves is free;
+// without one, the disk's free space is free and the size is that and the
+// home's usage.
 func (f *FS) StatFS() (unix.Statfs_t, error) {
 	var st unix.Statfs_t
 	d, err := f.root.Open(".")
@@ -487,10 +511,20 @@ func (f *FS) StatFS() (unix.Statfs_t, error) {
 		st.Blocks = uint64(l.Bytes)
 		st.Bfree, st.Bavail = free, free
 	}
+	if l.Bytes == 0 {
+		// No quota: what is free on the disk, and the home's usage, but
+		// not the size or usage of the rest of the host's disk.
+		st.Blocks = st.Bavail + uint64(u.Bytes)/max(1, uint64(st.Frsize))
+		st.Bfree = st.Bavail
+	}
+	// The file counts, the filesystem's id and its flags are the host's:
+	// the user sees only the home's.
+	st.Files, st.Ffree = uint64(u.Files)+uint64(unlimitedFiles), uint64(unlimitedFiles)
 	if l.Files > 0 {
 		st.Files = uint64(l.Files)
 		st.Ffree = uint64(max(0, l.Files-u.Files))
 	}
+	st.Fsid, st.Flags = unix.Fsid{}, 0
 	return st, nil
 }
 
