@@ -113,7 +113,7 @@ func TestExtensionsPacketLevel(t *testing.T) {
 		t.Fatalf("users-groups-by-id: %q %q", users, groups)
 	}
 
-	sum := md5.Sum(data[100:100+200<<10])
+	sum := md5.Sum(data[100 : 100+200<<10])
 	r = c.extended("check-file-name", str("/f"), str("sha9,md5"), u64(100), u64(200<<10), u32(0))
 	if alg, rest := readStrAfter(r.body, 1); r.typ != 201 || alg != "md5" || !bytes.Equal(rest, sum[:]) {
 		t.Fatalf("check-file-name md5: %+v", r)
