@@ -43,7 +43,7 @@ func serveStream(t testing.TB, dir string, in []byte) {
 	st := &connState{s: &Server{maxHandles: 64}}
 	h := &sftpHandler{fs: fsys, user: "fuzz", log: slog.New(slog.DiscardHandler), st: st,
 		acct: st.s.accounts.get("fuzz"), maxHandles: 16, maxPerUser: 32}
-	serveSFTP(context.Background(), &pipeChannel{r: bytes.NewReader(in)}, h, func() {})
+	serveSFTP(context.Background(), &pipeChannel{r: bytes.NewReader(in)}, h, func() {}, clientQuirks{})
 }
 
 type pipeChannel struct {

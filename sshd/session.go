@@ -21,12 +21,13 @@ import (
 // program, the sftp subsystem or an exec command, and then reports its exit
 // status and closes.
 type session struct {
-	ctx  context.Context // ends when the channel or the connection closes
-	st   *connState
-	ch   gossh.Channel
-	user users.User
-	fs   *vfs.FS
-	log  *slog.Logger
+	ctx    context.Context // ends when the channel or the connection closes
+	st     *connState
+	ch     gossh.Channel
+	user   users.User
+	fs     *vfs.FS
+	log    *slog.Logger
+	quirks clientQuirks // of the client's version string
 
 	done   chan struct{}
 	cancel context.CancelFunc
@@ -70,7 +71,8 @@ func (s *Server) handleSession(_ *gssh.Server, conn *gossh.ServerConn, nc gossh.
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	sess := &session{ctx: sctx, st: st, ch: ch, user: u, fs: fsys, log: log, done: make(chan struct{}), cancel: cancel}
+	sess := &session{ctx: sctx, st: st, ch: ch, user: u, fs: fsys, log: log, quirks: quirksOf(string(conn.ClientVersion())),
+		done: make(chan struct{}), cancel: cancel}
 	defer func() {
 		if p := recover(); p != nil {
 			log.Error("session panic", "panic", p, "stack", string(debug.Stack()))
@@ -88,28 +90,37 @@ func shortID(id string) string {
 }
 
 // serve answers the channel's requests until the channel closes. Only
-// "subsystem sftp" and "exec" are accepted, once; pty-req, shell, env,
-// x11-req, auth-agent-req and the rest are refused.
+// "subsystem sftp" and "exec" start a program, once; pty-req, env, x11-req,
+// auth-agent-req and the rest are refused. A shell or another subsystem
+// ends the channel with a message and exit status 1: a refused request
+// leaves clients such as Dropbear's waiting for a program that never
+// starts.
 func (sess *session) serve(reqs <-chan *gossh.Request) {
 	started := false
 	for req := range reqs {
 		var payload struct{ Value string }
-		ok := false
-		switch req.Type {
-		case "subsystem", "exec":
-			if started || gossh.Unmarshal(req.Payload, &payload) != nil {
+		switch {
+		case started:
+		case req.Type == "shell",
+			req.Type == "subsystem" && gossh.Unmarshal(req.Payload, &payload) == nil && payload.Value != "sftp":
+			// Accepted, and answered as by a program that prints why and
+			// exits 1: clients print that, where a failed request leaves
+			// some of them waiting.
+			sess.log.Info("session program refused", "request", req.Type, "subsystem", payload.Value)
+			req.Reply(true, nil)
+			sess.refuse()
+			started = true
+			continue
+		case req.Type == "subsystem" || req.Type == "exec":
+			if gossh.Unmarshal(req.Payload, &payload) != nil {
 				break
 			}
-			if req.Type == "subsystem" && payload.Value != "sftp" {
-				sess.log.Info("subsystem refused", "subsystem", payload.Value)
-				break
-			}
-			ok, started = true, true
+			started = true
 			req.Reply(true, nil)
 			go sess.run(req.Type, payload.Value)
 			continue
 		}
-		req.Reply(ok, nil)
+		req.Reply(false, nil)
 	}
 	// The channel is closed: a program still running (a hash of a large
 	// file, say) has no one to report to.
@@ -117,6 +128,21 @@ func (sess *session) serve(reqs <-chan *gossh.Request) {
 	if started {
 		<-sess.done
 	}
+}
+
+// serviceOnly is what a client asking for a shell is told.
+const serviceOnly = "This service allows sftp, scp, rsync and checksum commands only.\r\n"
+
+// refuse ends a session whose program is refused, as run ends a program
+// that failed.
+func (sess *session) refuse() {
+	done := sess.done
+	go func() {
+		defer close(done)
+		io.WriteString(sess.ch.Stderr(), serviceOnly)
+		sess.ch.SendRequest("exit-status", false, gossh.Marshal(struct{ Status uint32 }{1}))
+		sess.ch.Close()
+	}()
 }
 
 // run executes the program, then sends exit-status and closes the channel,
@@ -150,7 +176,7 @@ func (sess *session) sftp() int {
 		acct: sess.st.s.accounts.get(sess.user.Name), maxHandles: int32(lim.MaxOpenHandles),
 		maxPerUser: int32(lim.MaxOpenHandlesPerUser)}
 	sess.log.Debug("sftp session started")
-	err := serveSFTP(sess.ctx, sess.ch, h, sess.st.touch)
+	err := serveSFTP(sess.ctx, sess.ch, h, sess.st.touch, sess.quirks)
 	if err != nil && err != io.EOF {
 		sess.log.Info("sftp session ended", "err", err)
 		return 1

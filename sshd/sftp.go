@@ -85,8 +85,9 @@ func init() {
 // done: pkg/sftp's RequestServer with h as its handlers, behind the stream
 // (sftpstream.go). No allocator: its pages stay with a session for its
 // whole life, and what a session may have in flight is bounded instead.
-func serveSFTP(ctx context.Context, ch io.ReadWriteCloser, h *sftpHandler, touch func()) error {
+func serveSFTP(ctx context.Context, ch io.ReadWriteCloser, h *sftpHandler, touch func(), quirks clientQuirks) error {
 	stream := newSFTPStream(ctx, ch, touch, int(h.maxHandles), h.acct.inflight)
+	stream.quirks = quirks
 	h.stream = stream
 	stream.ext = h.extension
 	// When the channel or the connection goes, nothing more will be
@@ -259,7 +260,8 @@ func (h *sftpHandler) Filecmd(r *sftp.Request) (err error) {
 		err = h.fs.Remove(r.Filepath)
 	case "Symlink":
 		// pkg/sftp follows OpenSSH's order: Filepath is the link's
-		// target (raw, as the client sent it) and Target the new link.
+		// target (raw, as the client sent it) and Target the new link;
+		// the stream has put other clients' fields in that order.
 		err = h.fs.Symlink(r.Filepath, r.Target)
 	case "Link":
 		return &statusError{sftp.ErrSSHFxOpUnsupported, "hard links are not supported: " + vfs.Clean(r.Target)}

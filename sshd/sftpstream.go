@@ -99,6 +99,7 @@ type sftpStream struct {
 	ctx        context.Context // the session's: ends waits for budget
 	touch      func()          // called for every request: the session is not idle
 	maxHandles uint64
+	quirks     clientQuirks
 	// ext answers the extensions of the handler's (sftpext.go).
 	ext     func(name string, args []byte) (typ byte, body []byte, err error, ok bool)
 	session *semaphore.Weighted
@@ -301,6 +302,13 @@ func (s *sftpStream) next() error {
 		return s.request(typ, smallCost)
 	case typ == fxpRead, typ == fxpWrite:
 		return s.readOrWrite(typ, body)
+	case typ == fxpSymlink && s.quirks.draftSymlink:
+		b, err := s.readBody(body)
+		if err != nil {
+			return err
+		}
+		s.pending = append(s.hdr[:], swapSymlink(b)...)
+		return s.request(typ, smallCost)
 	case typ == fxpOpen, typ == fxpClose:
 		b, err := s.readBody(body)
 		if err != nil {
@@ -366,6 +374,19 @@ func (s *sftpStream) readOrWrite(typ byte, body uint32) error {
 	}
 	s.pending, s.remain = append(s.hdr[:], b...), rest
 	return s.request(typ, max(cost, smallCost))
+}
+
+// swapSymlink turns a SYMLINK body (id, linkpath, targetpath) in the
+// draft's order into OpenSSH's (id, targetpath, linkpath), which pkg/sftp
+// reads. A body that does not parse is left to pkg/sftp to refuse.
+func swapSymlink(b []byte) []byte {
+	f := &fields{b: b[min(4, len(b)):]}
+	link, target := f.str(), f.str()
+	if len(b) < 4 || f.bad {
+		return b
+	}
+	out := append([]byte(nil), b[:4]...)
+	return append(appendString(appendString(out, target), link), f.rest()...)
 }
 
 // handleOf finds the handle after the id in a request body, and the offset
