@@ -187,3 +187,42 @@ func TestRequestBehindItsOpenWaits(t *testing.T) {
 		t.Fatalf("f99 holds %q", got)
 	}
 }
+
+// After a write fails (the quota), the close answers with the state of the
+// file: a new file keeps what arrived, an overwrite leaves the old file.
+func TestCloseAfterAFailedWrite(t *testing.T) {
+	ts := startServer(t)
+	ts.addQuotaUser("alice", "alice", 100<<10, 0)
+	home := ts.home("alice")
+	writeFile(t, filepath.Join(home, "old"), []byte("old content"))
+	c := ts.rawSFTP("alice", "alice")
+
+	h := c.open("/new", fxfWrite|fxfCreat)
+	if r := c.write(h.str, 0, "kept"); !r.ok() {
+		t.Fatal(r)
+	}
+	if r := c.write(h.str, 4, string(make([]byte, 200<<10))); r.code != fxFailure || !strings.HasPrefix(r.msg, "quota exceeded") {
+		t.Fatalf("write past the quota: %+v", r)
+	}
+	if r := c.close(h.str); !r.ok() {
+		t.Fatalf("close of a new file after a failed write: %+v", r)
+	}
+	if got, _ := os.ReadFile(filepath.Join(home, "new")); string(got) != "kept" {
+		t.Fatalf("new holds %q", got)
+	}
+
+	h = c.open("/old", fxfWrite|fxfCreat|fxfTrunc)
+	if r := c.write(h.str, 0, string(make([]byte, 200<<10))); r.code != fxFailure {
+		t.Fatalf("overwrite past the quota: %+v", r)
+	}
+	if r := c.close(h.str); r.code != fxFailure || r.msg != "upload not completed: /old is unchanged" {
+		t.Fatalf("close of a failed overwrite: %+v", r)
+	}
+	if got, _ := os.ReadFile(filepath.Join(home, "old")); string(got) != "old content" {
+		t.Fatalf("old holds %q", got)
+	}
+	if !strings.Contains(ts.logs.String(), `path=/new direction=upload bytes=4`) ||
+		!strings.Contains(ts.logs.String(), `result="failed: quota exceeded`) {
+		t.Fatalf("transfer log:\n%s", ts.logs.String())
+	}
+}

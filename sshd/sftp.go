@@ -188,6 +188,7 @@ type sftpFile struct {
 	read      atomic.Int64
 	written   atomic.Int64
 	aborted   atomic.Bool
+	failed    atomic.Pointer[error] // the first write that failed
 }
 
 func (h *sftpHandler) newFile(f *vfs.File, read, write, appending bool) *sftpFile {
@@ -211,6 +212,9 @@ func (f *sftpFile) WriteAt(p []byte, off int64) (n int, err error) {
 	defer f.h.recover(&err)
 	n, err = f.f.WriteAt(p, off)
 	f.written.Add(int64(n))
+	if err != nil {
+		f.failed.CompareAndSwap(nil, &err)
+	}
 	return n, f.h.status(err)
 }
 
@@ -221,9 +225,11 @@ func (f *sftpFile) Close() (err error) {
 	f.h.st.handles.Add(-1)
 	if f.write || f.read.Load() > 0 {
 		result := "ok"
-		switch {
+		switch failed := f.failed.Load(); {
 		case f.aborted.Load():
 			result = "aborted"
+		case failed != nil:
+			result = "failed: " + f.h.status(*failed).Error()
 		case err != nil:
 			result = "failed: " + f.h.status(err).Error()
 		}
@@ -446,6 +452,7 @@ var sftpErrors = []struct {
 	{vfs.ErrEscape, sftp.ErrSSHFxPermissionDenied, "permission denied: %s leads outside your home"},
 	{vfs.ErrNotRegular, sftp.ErrSSHFxFailure, "not a regular file: %s"},
 	{vfs.ErrUnsupported, sftp.ErrSSHFxOpUnsupported, "operation not supported: %s"},
+	{vfs.ErrUnchanged, sftp.ErrSSHFxFailure, "upload not completed: %s is unchanged"},
 	{syscall.ENOTEMPTY, sftp.ErrSSHFxFailure, "directory not empty: %s"},
 	{syscall.EISDIR, sftp.ErrSSHFxFailure, "is a directory: %s"},
 	{syscall.ENOTDIR, sftp.ErrSSHFxNoSuchFile, "not a directory: %s"},

@@ -26,6 +26,7 @@ func TestStatusTable(t *testing.T) {
 		{at(vfs.ErrEscape), sftp.ErrSSHFxPermissionDenied, "permission denied: /d/x leads outside your home"},
 		{at(vfs.ErrNotRegular), sftp.ErrSSHFxFailure, "not a regular file: /d/x"},
 		{at(vfs.ErrUnsupported), sftp.ErrSSHFxOpUnsupported, "operation not supported: /d/x"},
+		{at(vfs.ErrUnchanged), sftp.ErrSSHFxFailure, "upload not completed: /d/x is unchanged"},
 		{at(&vfs.QuotaError{Left: 1 << 20, Limit: 2 << 20}), sftp.ErrSSHFxFailure, "quota exceeded: 1 MiB left"},
 		{at(&vfs.QuotaError{Files: true, Limit: 3}), sftp.ErrSSHFxFailure, "file limit reached: 3 files"},
 		{at(syscall.ENOTEMPTY), sftp.ErrSSHFxFailure, "directory not empty: /d/x"},

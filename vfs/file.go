@@ -297,7 +297,9 @@ func (f *File) Abort() {
 
 // Close finishes the file. For an overwrite, it is the moment the new
 // content replaces the old; if any write failed, or the upload was aborted,
-// the old file stays as it was and Close reports the failure.
+// the old file stays as it was and Close returns ErrUnchanged. A file
+// written in place keeps what arrived in order, and Close reports only what
+// goes wrong in closing: a failed write was reported by the write.
 func (f *File) Close() error {
 	if f.w == nil {
 		return wrap("close", f.name, f.f.Close())
@@ -513,10 +515,7 @@ func (w *writer) close() error {
 	}
 	if w.temp != "" && broken {
 		w.discard()
-		if w.err != nil {
-			return w.err
-		}
-		return errAborted
+		return ErrUnchanged
 	}
 	// The size on disk settles the account: held-back data that was
 	// dropped, or writes that failed, reserved more than was written.
@@ -538,9 +537,6 @@ func (w *writer) close() error {
 		err = cerr
 	}
 	if w.temp == "" {
-		if err == nil {
-			err = w.err
-		}
 		return err
 	}
 	defer w.dir.Close()
@@ -563,7 +559,9 @@ func (w *writer) close() error {
 	return nil
 }
 
-var errAborted = errors.New("upload aborted; the file is unchanged")
+// ErrUnchanged: an overwrite did not complete (a write failed, or the
+// client went away), and the file it was to replace is as it was.
+var ErrUnchanged = errors.New("the upload did not complete; the file is unchanged")
 
 // discard drops an overwrite's temp file and its charge.
 func (w *writer) discard() {

@@ -22,6 +22,7 @@ var table = []struct {
 	{vfs.ErrEscape, "Permission denied"},
 	{vfs.ErrNotRegular, "Not a regular file"},
 	{vfs.ErrUnsupported, "Operation not supported"},
+	{vfs.ErrUnchanged, vfs.ErrUnchanged.Error()},
 	{syscall.ENOTEMPTY, "Directory not empty"},
 	{syscall.EISDIR, "Is a directory"},
 	{syscall.ENOTDIR, "Not a directory"},
