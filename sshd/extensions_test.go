@@ -180,3 +180,52 @@ func readStrAfter(b []byte, n int) (string, []byte) {
 	}
 	return readStr(b)
 }
+
+// WinSCP's resumable upload: NAME.filepart written, broken off, resumed
+// with appends, and renamed over NAME with posix-rename: NAME whole, the
+// quota exact.
+func TestWinSCPFilepartResume(t *testing.T) {
+	ts := startServer(t)
+	ts.addQuotaUser("alice", "alice", 4<<20, 0)
+	home := ts.home("alice")
+	writeFile(t, filepath.Join(home, "report.pdf"), []byte("old version"))
+	data := randomBytes(1<<20 + 12345)
+
+	c := ts.rawSFTP("alice", "alice")
+	h := c.open("/report.pdf.filepart", fxfWrite|fxfCreat|fxfTrunc)
+	if r := c.writeAll(h.str, 0, data[:300<<10]); !r.ok() {
+		t.Fatal(r)
+	}
+	c.sess.Close() // the connection drops
+
+	c = ts.rawSFTP("alice", "alice")
+	r := c.call(fxpStat, str("/report.pdf.filepart"))
+	if r.typ != fxpAttrs {
+		t.Fatalf("stat of the .filepart: %+v", r)
+	}
+	have := binary.BigEndian.Uint64(r.body[4:])
+	if have == 0 || have > 300<<10 {
+		t.Fatalf(".filepart holds %d bytes", have)
+	}
+	h = c.open("/report.pdf.filepart", fxfWrite|fxfAppend)
+	for off := int(have); off < len(data); off += 32 << 10 {
+		if r := c.write(h.str, 0, string(data[off:min(len(data), off+32<<10)])); !r.ok() {
+			t.Fatal(r)
+		}
+	}
+	if r := c.close(h.str); !r.ok() {
+		t.Fatal(r)
+	}
+	if r := c.extended("posix-rename@openssh.com", str("/report.pdf.filepart"), str("/report.pdf")); !r.ok() {
+		t.Fatalf("posix-rename over the old file: %+v", r)
+	}
+	if got, _ := os.ReadFile(filepath.Join(home, "report.pdf")); !bytes.Equal(got, data) {
+		t.Fatalf("report.pdf has %d bytes, want %d", len(got), len(data))
+	}
+	if _, err := os.Stat(filepath.Join(home, "report.pdf.filepart")); !os.IsNotExist(err) {
+		t.Fatalf(".filepart left: %v", err)
+	}
+	if size, free := c.statvfs(); size-free != uint64(len(data)) {
+		t.Fatalf("usage %d, want %d", size-free, len(data))
+	}
+}
