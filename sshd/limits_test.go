@@ -7,8 +7,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -16,176 +16,146 @@ import (
 	"silo/sshd"
 )
 
-// dialFrom opens a TCP connection to the server from a given loopback
-// address (Linux routes all of 127/8 to lo).
-func (ts *testServer) dialFrom(ip string) (net.Conn, error) {
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 5 * time.Second}
-	return d.Dial("tcp", ts.addr)
-}
-
-// loginFrom logs in over a connection from ip.
-func (ts *testServer) loginFrom(ip, user string, method ssh.AuthMethod) (*ssh.Client, error) {
-	c, err := ts.dialFrom(ip)
-	if err != nil {
-		return nil, err
-	}
-	cc, chans, reqs, err := ssh.NewClientConn(c, ts.addr, ts.clientConfig(user, method))
-	if err != nil {
-		c.Close()
-		return nil, err
-	}
-	return ssh.NewClient(cc, chans, reqs), nil
-}
-
-// closedWithin reports whether the server closes c within d.
-func closedWithin(c net.Conn, d time.Duration) bool {
-	c.SetReadDeadline(time.Now().Add(d))
-	buf := make([]byte, 4096)
-	for {
-		if _, err := c.Read(buf); err != nil {
-			ne, ok := err.(net.Error)
-			return !(ok && ne.Timeout())
-		}
-	}
-}
-
-// A connection that sends nothing is closed at the login grace time; 200 of
-// them held from one address do not keep a real user from logging in.
+// A connection that sends nothing is closed at the login grace time, and
+// its source penalised; 200 of them held from one address do not keep a
+// real user from logging in.
 func TestLoginGraceAndStartups(t *testing.T) {
-	lim := sshd.DefaultLimits()
-	lim.LoginGraceTime = time.Second
-	ts := startServerWith(t, t.TempDir(), lim, testPenalties())
-	ts.addUser("alice", "", "alice")
+	synctest.Test(t, func(t *testing.T) {
+		lim := sshd.DefaultLimits()
+		ts := startMemServer(t, lim, testPenalties())
+		ts.addUser("alice", "", "alice")
 
-	silent, err := ts.dialFrom("127.0.0.5")
-	if err != nil {
-		t.Fatal(err)
-	}
-	start := time.Now()
-	if !closedWithin(silent, 5*time.Second) {
-		t.Fatal("a silent connection was not closed")
-	}
-	if d := time.Since(start); d < 900*time.Millisecond || d > 2500*time.Millisecond {
-		t.Errorf("silent connection closed after %v, want about the 1 s grace time", d)
-	}
-
-	var flood []net.Conn
-	for range 200 {
-		c, err := ts.dialFrom("127.0.0.2")
+		silent, err := ts.dialFrom("127.0.0.5")
 		if err != nil {
 			t.Fatal(err)
 		}
-		flood = append(flood, c)
-	}
-	defer func() {
+		time.Sleep(lim.LoginGraceTime - time.Nanosecond)
+		synctest.Wait()
+		if closedByPeer(silent) {
+			t.Fatal("a silent connection was closed before the login grace time")
+		}
+		time.Sleep(time.Nanosecond)
+		synctest.Wait()
+		if !closedByPeer(silent) {
+			t.Fatal("a silent connection was not closed at the login grace time")
+		}
+		if !strings.Contains(ts.logs.String(), `msg="login grace time exceeded" remote=127.0.0.5:`) {
+			t.Error("no log line for the grace time")
+		}
+
+		var flood []net.Conn
+		for range 200 {
+			c, err := ts.dialFrom("127.0.0.2")
+			if err != nil {
+				t.Fatal(err)
+			}
+			flood = append(flood, c)
+		}
+		synctest.Wait()
+		open := func() (n int) {
+			for _, c := range flood {
+				if !closedByPeer(c) {
+					n++
+				}
+			}
+			return n
+		}
+		if n := open(); n != lim.PerSourceMaxStartups {
+			t.Fatalf("%d flood connections open, want the per-source limit %d", n, lim.PerSourceMaxStartups)
+		}
+		c, err := ts.loginFrom("127.0.0.1", "alice", ssh.PublicKeys(shared.keys["alice"].signer))
+		if err != nil {
+			t.Fatalf("login during the flood: %v", err)
+		}
+		c.Close()
+		time.Sleep(lim.LoginGraceTime)
+		synctest.Wait()
+		if n := open(); n > 0 {
+			t.Fatalf("%d flood connections still open after the grace time", n)
+		}
 		for _, c := range flood {
 			c.Close()
 		}
-	}()
-	start = time.Now()
-	c, err := ts.loginFrom("127.0.0.1", "alice", ssh.PublicKeys(shared.keys["alice"].signer))
-	if err != nil {
-		t.Fatalf("login during the flood: %v", err)
-	}
-	c.Close()
-	if d := time.Since(start); d > 2*time.Second {
-		t.Fatalf("login during the flood took %v", d)
-	}
-	// The flood is gone: refused at once beyond the per-source limit, the
-	// rest at the grace time.
-	var wg sync.WaitGroup
-	open := 0
-	var mu sync.Mutex
-	for _, c := range flood {
-		wg.Go(func() {
-			if !closedWithin(c, 3*time.Second) {
-				mu.Lock()
-				open++
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	if open > 0 {
-		t.Fatalf("%d flood connections still open after the grace time", open)
-	}
+	})
 }
 
 // After failed logins pass the penalty threshold, even a correct login from
 // that source is refused until the penalty runs out; an exempt source never
 // is.
 func TestPerSourcePenalties(t *testing.T) {
-	pen := sshd.DefaultPenalties()
-	pen.AuthFail, pen.Min, pen.Max = 400*time.Millisecond, time.Second, 3*time.Second
-	pen.Exempt = []netip.Prefix{netip.MustParsePrefix("127.0.0.4/32")}
-	ts := startServerWith(t, t.TempDir(), sshd.DefaultLimits(), pen)
-	ts.addUser("alice", "alice-pw")
-	fail := func(ip string) {
-		if c, err := ts.loginFrom(ip, "alice", ssh.Password("wrong")); err == nil {
-			c.Close()
-			t.Fatal("wrong password accepted")
+	synctest.Test(t, func(t *testing.T) {
+		pen := sshd.DefaultPenalties()
+		pen.Exempt = []netip.Prefix{netip.MustParsePrefix("127.0.0.4/32")}
+		ts := startMemServer(t, sshd.DefaultLimits(), pen)
+		ts.addUser("alice", "", "alice")
+		right, wrong := ssh.PublicKeys(shared.keys["alice"].signer), ssh.PublicKeys(shared.keys["other"].signer)
+		login := func(ip string, method ssh.AuthMethod) error {
+			c, err := ts.loginFrom(ip, "alice", method)
+			if err == nil {
+				c.Close()
+			}
+			synctest.Wait() // the server has seen the connection end
+			return err
 		}
-	}
-	for _, ip := range []string{"127.0.0.3", "127.0.0.4"} {
-		for range 4 { // 1.6 s of penalty: past min
-			fail(ip)
+		// Four failures add 4*AuthFail = 20 s, past Min (15 s).
+		for _, ip := range []string{"127.0.0.3", "127.0.0.4"} {
+			for range 4 {
+				if login(ip, wrong) == nil {
+					t.Fatal("a wrong key was accepted")
+				}
+			}
 		}
-	}
-	if c, err := ts.loginFrom("127.0.0.3", "alice", ssh.Password("alice-pw")); err == nil {
-		c.Close()
-		t.Fatal("penalised source logged in")
-	}
-	c, err := ts.loginFrom("127.0.0.4", "alice", ssh.Password("alice-pw"))
-	if err != nil {
-		t.Fatalf("exempt source refused: %v", err)
-	}
-	c.Close()
-	// Another source is not affected.
-	c, err = ts.loginFrom("127.0.0.6", "alice", ssh.Password("alice-pw"))
-	if err != nil {
-		t.Fatalf("other source refused: %v", err)
-	}
-	c.Close()
-	time.Sleep(2 * time.Second) // the penalty runs out
-	c, err = ts.loginFrom("127.0.0.3", "alice", ssh.Password("alice-pw"))
-	if err != nil {
-		t.Fatalf("after the penalty ran out: %v", err)
-	}
-	c.Close()
-	if n := strings.Count(ts.logs.String(), `msg="source blocked" source=127.0.0.3/32`); n != 1 {
-		t.Errorf("%d log lines for the blocked source, want 1:\n%s", n, ts.logs.String())
-	}
-	if strings.Contains(ts.logs.String(), "source=127.0.0.4") {
-		t.Error("the exempt source was blocked")
-	}
+		if login("127.0.0.3", right) == nil {
+			t.Fatal("penalised source logged in")
+		}
+		if err := login("127.0.0.4", right); err != nil {
+			t.Fatalf("exempt source refused: %v", err)
+		}
+		if err := login("127.0.0.6", right); err != nil {
+			t.Fatalf("other source refused: %v", err)
+		}
+		time.Sleep(4*pen.AuthFail - time.Nanosecond)
+		if login("127.0.0.3", right) == nil {
+			t.Fatal("penalised source logged in before its penalty ran out")
+		}
+		time.Sleep(time.Nanosecond)
+		if err := login("127.0.0.3", right); err != nil {
+			t.Fatalf("after the penalty ran out: %v", err)
+		}
+		if n := strings.Count(ts.logs.String(), `msg="source blocked" source=127.0.0.3/32`); n != 1 {
+			t.Errorf("%d log lines for the blocked source, want 1", n)
+		}
+		if strings.Contains(ts.logs.String(), "source=127.0.0.4") {
+			t.Error("the exempt source was blocked")
+		}
+	})
 }
 
 func TestMaxSessions(t *testing.T) {
-	ts := startServer(t)
-	ts.addUser("alice", "", "alice")
-	c := ts.connect("alice", "alice")
-	var sessions []*ssh.Session
-	for i := range 10 {
+	synctest.Test(t, func(t *testing.T) {
+		lim := sshd.DefaultLimits()
+		ts := startMemServer(t, lim, testPenalties())
+		ts.addUser("alice", "", "alice")
+		c := ts.connect("alice", "alice")
+		var sessions []*ssh.Session
+		for i := range lim.MaxSessions {
+			s, err := c.NewSession()
+			if err != nil {
+				t.Fatalf("session %d: %v", i+1, err)
+			}
+			sessions = append(sessions, s)
+		}
+		if _, err := c.NewSession(); err == nil || !strings.Contains(err.Error(), "too many sessions") {
+			t.Fatalf("session %d: %v", lim.MaxSessions+1, err)
+		}
+		sessions[0].Close()
+		synctest.Wait()
 		s, err := c.NewSession()
 		if err != nil {
-			t.Fatalf("session %d: %v", i+1, err)
-		}
-		sessions = append(sessions, s)
-	}
-	if _, err := c.NewSession(); err == nil || !strings.Contains(err.Error(), "too many sessions") {
-		t.Fatalf("11th session: %v", err)
-	}
-	sessions[0].Close()
-	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		s, err := c.NewSession()
-		if err == nil {
-			s.Close()
-			break
-		}
-		if time.Now().After(deadline) {
 			t.Fatalf("no session after one closed: %v", err)
 		}
-	}
+		s.Close()
+	})
 }
 
 func rss(t *testing.T) int64 {
@@ -264,47 +234,53 @@ func TestMaxOpenHandlesAndUnknownExtension(t *testing.T) {
 }
 
 func TestMaxConnectionsPerUser(t *testing.T) {
-	lim := sshd.DefaultLimits()
-	lim.MaxConnectionsPerUser = 2
-	ts := startServerWith(t, t.TempDir(), lim, testPenalties())
-	ts.addUser("alice", "", "alice")
-	ts.addUser("bob", "", "bob")
-	login := func(user string) (*ssh.Client, error) {
-		return ts.dial(user, ssh.PublicKeys(shared.keys[user].signer))
-	}
-	a1, err := login("alice")
-	if err != nil {
-		t.Fatal(err)
-	}
-	a2, err := login("alice")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a2.Close()
-	if c, err := login("alice"); err == nil {
-		c.Close()
-		t.Fatal("third connection of alice accepted")
-	}
-	// OpenSSH's ssh shows the reason.
-	_, stderr, code := ts.ssh("alice", auth{key: "alice"}, "", "md5sum")
-	if code != 255 || !strings.Contains(stderr, "alice already has 2 connections, the most allowed") {
-		t.Errorf("ssh at the limit: %d %q", code, stderr)
-	}
-	if c, err := login("bob"); err != nil {
-		t.Fatalf("another user refused: %v", err)
-	} else {
-		c.Close()
-	}
-	a1.Close()
-	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		c, err := login("alice")
-		if err == nil {
-			c.Close()
-			break
+	synctest.Test(t, func(t *testing.T) {
+		lim := sshd.DefaultLimits()
+		lim.MaxConnectionsPerUser = 2
+		ts := startMemServer(t, lim, testPenalties())
+		ts.addUser("alice", "", "alice")
+		ts.addUser("bob", "", "bob")
+		login := func(user string) (*ssh.Client, error) {
+			return ts.dial(user, ssh.PublicKeys(shared.keys[user].signer))
 		}
-		if time.Now().After(deadline) {
+		a1, err := login("alice")
+		if err != nil {
+			t.Fatal(err)
+		}
+		a2, err := login("alice")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a2.Close()
+		if c, err := login("alice"); err == nil {
+			c.Close()
+			t.Fatal("third connection of alice accepted")
+		}
+		if c, err := login("bob"); err != nil {
+			t.Fatalf("another user refused: %v", err)
+		} else {
+			c.Close()
+		}
+		a1.Close()
+		synctest.Wait()
+		c, err := login("alice")
+		if err != nil {
 			t.Fatalf("no login after one connection closed: %v", err)
 		}
+		c.Close()
+	})
+}
+
+// OpenSSH's ssh shows why a connection over the per-user limit is refused.
+func TestMaxConnectionsPerUserBanner(t *testing.T) {
+	lim := sshd.DefaultLimits()
+	lim.MaxConnectionsPerUser = 1
+	ts := startServerWith(t, t.TempDir(), lim, testPenalties())
+	ts.addUser("alice", "", "alice")
+	ts.connect("alice", "alice")
+	_, stderr, code := ts.ssh("alice", auth{key: "alice"}, "", "md5sum")
+	if code != 255 || !strings.Contains(stderr, "alice already has 1 connections, the most allowed") {
+		t.Errorf("ssh at the limit: %d %q", code, stderr)
 	}
 }
 
