@@ -41,7 +41,7 @@ func serveStream(t testing.TB, dir string, in []byte) {
 		t.Fatal(err)
 	}
 	defer fsys.Close()
-	st := &connState{}
+	st := &connState{s: &Server{}}
 	h := &sftpHandler{fs: fsys, user: "fuzz", log: slog.New(slog.DiscardHandler), st: st, maxHandles: 16}
 	ch := &pipeChannel{r: bytes.NewReader(in)}
 	rs := sftp.NewRequestServer(newSFTPStream(ch, func() {}, 16), sftp.Handlers{FileGet: h, FilePut: h, FileCmd: h, FileList: h},

@@ -1,6 +1,9 @@
 package sshd_test
 
 import (
+	"context"
+	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -11,6 +14,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
 
 	"silo/sshd"
@@ -284,77 +288,179 @@ func TestMaxConnectionsPerUserBanner(t *testing.T) {
 	}
 }
 
-// An SFTP session with no requests is closed after the idle timeout; a
-// command that runs longer is not idle.
-func TestIdleTimeout(t *testing.T) {
-	lim := sshd.DefaultLimits()
-	lim.IdleTimeout = 700 * time.Millisecond
-	ts := startServerWith(t, t.TempDir(), lim, testPenalties())
-	ts.addUser("alice", "", "alice")
-	home := ts.home("alice")
-	c := ts.sftpClient("alice", "alice")
-	if _, err := c.Getwd(); err != nil {
-		t.Fatal(err)
-	}
-	for range 5 { // busy: requests every 300 ms
-		time.Sleep(300 * time.Millisecond)
-		if _, err := c.Stat("/"); err != nil {
-			t.Fatalf("active session closed: %v", err)
+// gone reports, once the bubble is quiet, whether the server has closed c.
+func gone(c interface{ Wait() error }) func() bool {
+	done := make(chan struct{})
+	go func() {
+		c.Wait()
+		close(done)
+	}()
+	return func() bool {
+		synctest.Wait()
+		select {
+		case <-done:
+			return true
+		default:
+			return false
 		}
-	}
-	time.Sleep(1500 * time.Millisecond)
-	if _, err := c.Stat("/"); err == nil {
-		t.Fatal("idle session still open after twice the idle timeout")
-	}
-
-	f, _ := os.Create(filepath.Join(home, "huge"))
-	f.Truncate(2 << 30) // seconds of sha512
-	f.Close()
-	start := time.Now()
-	_, stderr, code := ts.ssh("alice", auth{key: "alice"}, "", "sha512sum", "huge")
-	if code != 0 || time.Since(start) < 2*lim.IdleTimeout {
-		t.Fatalf("long hash: exit %d after %v (%s); want it to finish, longer than the idle timeout", code, time.Since(start), stderr)
 	}
 }
 
-// A peer that stops answering keepalive probes is dropped.
-func TestKeepaliveDropsDeadPeer(t *testing.T) {
+// A connection is closed after the idle timeout without SFTP requests or a
+// working command. A command that waits for input (md5sum reading stdin,
+// scp -t receiving nothing) is idle; one that works is not, however long
+// it takes; input keeps a command from being idle.
+func TestIdleTimeout(t *testing.T) {
 	lim := sshd.DefaultLimits()
-	lim.KeepaliveInterval, lim.KeepaliveCountMax = 200*time.Millisecond, 3
-	ts := startServerWith(t, t.TempDir(), lim, testPenalties())
-	ts.addUser("alice", "", "alice")
-	for _, answer := range []bool{true, false} {
-		conn, err := net.Dial("tcp", ts.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cc, chans, reqs, err := ssh.NewClientConn(conn, ts.addr, ts.clientConfig("alice", ssh.PublicKeys(shared.keys["alice"].signer)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		go ssh.DiscardRequests(nil)
-		go func() {
-			for ch := range chans {
-				ch.Reject(ssh.Prohibited, "")
-			}
-		}()
-		if answer {
-			go ssh.DiscardRequests(reqs) // answers probes (with a failure, as OpenSSH)
-		}
-		done := make(chan error, 1)
-		go func() { done <- cc.Wait() }()
-		select {
-		case <-done:
-			if answer {
-				t.Fatal("a peer that answers keepalives was dropped")
-			}
-		case <-time.After(2 * time.Second):
-			if !answer {
-				t.Fatal("a peer that never answers keepalives is still connected after 2 s")
-			}
-		}
-		cc.Close()
+	lim.KeepaliveInterval = 0 // only idleness closes these connections
+	run := func(name string, fn func(t *testing.T, ts *testServer, c *ssh.Client, closed func() bool)) {
+		t.Run(name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				ts := startMemServer(t, lim, testPenalties())
+				ts.addUser("alice", "", "alice")
+				c := ts.connect("alice", "alice")
+				fn(t, ts, c, gone(c))
+			})
+		})
 	}
+	// idleAt checks that the connection closes exactly an idle timeout
+	// after the last activity.
+	idleAt := func(t *testing.T, closed func() bool) {
+		t.Helper()
+		time.Sleep(lim.IdleTimeout - time.Nanosecond)
+		if closed() {
+			t.Fatal("closed before the idle timeout")
+		}
+		time.Sleep(time.Nanosecond)
+		if !closed() {
+			t.Fatal("still open at the idle timeout")
+		}
+	}
+
+	run("sftp", func(t *testing.T, ts *testServer, c *ssh.Client, closed func() bool) {
+		sc, err := sftp.NewClient(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 5 {
+			time.Sleep(lim.IdleTimeout - time.Nanosecond)
+			if _, err := sc.Stat("/"); err != nil {
+				t.Fatalf("active session closed: %v", err)
+			}
+		}
+		idleAt(t, closed)
+	})
+	for _, cmd := range []string{"md5sum", "scp -t /"} {
+		run(cmd+" waiting for input", func(t *testing.T, ts *testServer, c *ssh.Client, closed func() bool) {
+			sess, err := c.NewSession()
+			if err != nil {
+				t.Fatal(err)
+			}
+			stdin, _ := sess.StdinPipe() // left open, nothing sent
+			defer stdin.Close()
+			if err := sess.Start(cmd); err != nil {
+				t.Fatal(err)
+			}
+			idleAt(t, closed)
+		})
+	}
+	run("md5sum fed slowly", func(t *testing.T, ts *testServer, c *ssh.Client, closed func() bool) {
+		sess, err := c.NewSession()
+		if err != nil {
+			t.Fatal(err)
+		}
+		stdin, _ := sess.StdinPipe()
+		var out strings.Builder
+		sess.Stdout = &out
+		if err := sess.Start("md5sum"); err != nil {
+			t.Fatal(err)
+		}
+		for range 4 {
+			time.Sleep(lim.IdleTimeout - time.Nanosecond)
+			stdin.Write([]byte("hello\n"))
+		}
+		stdin.Close()
+		if err := sess.Wait(); err != nil || closed() {
+			t.Fatalf("md5sum fed within the idle timeout: %v, closed %v", err, closed())
+		}
+		if want := "a9a7903de4c81627f1fed054f7ce99ce  -\n"; out.String() != want {
+			t.Errorf("md5sum printed %q, want %q", out.String(), want)
+		}
+	})
+	run("working command", func(t *testing.T, ts *testServer, c *ssh.Client, closed func() bool) {
+		release := make(chan struct{})
+		ts.srv.AddTestCommand("work", func(ctx context.Context, _ io.Reader, stdout io.Writer) int {
+			select {
+			case <-release:
+				fmt.Fprintln(stdout, "done")
+				return 0
+			case <-ctx.Done():
+				return 1
+			}
+		})
+		sess, err := c.NewSession()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out strings.Builder
+		sess.Stdout = &out
+		if err := sess.Start("work"); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(3 * lim.IdleTimeout)
+		if closed() {
+			t.Fatal("a working command was taken for idle")
+		}
+		close(release)
+		if err := sess.Wait(); err != nil || out.String() != "done\n" {
+			t.Fatalf("working command: %v, output %q", err, out.String())
+		}
+		idleAt(t, closed)
+	})
+}
+
+// A peer that stops answering keepalive probes is dropped after
+// KeepaliveCountMax probes; one that answers is not.
+func TestKeepaliveDropsDeadPeer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		lim := sshd.DefaultLimits()
+		lim.IdleTimeout = 0 // only probes close these connections
+		ts := startMemServer(t, lim, testPenalties())
+		ts.addUser("alice", "", "alice")
+		for _, answer := range []bool{true, false} {
+			conn, err := ts.dialFrom("127.0.0.1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			cc, chans, reqs, err := ssh.NewClientConn(conn, ts.addr, ts.clientConfig("alice", ssh.PublicKeys(shared.keys["alice"].signer)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			go func() {
+				for ch := range chans {
+					ch.Reject(ssh.Prohibited, "")
+				}
+			}()
+			if answer {
+				go ssh.DiscardRequests(reqs) // answers probes (with a failure, as OpenSSH)
+			} else {
+				go func() {
+					for range reqs { // never answers
+					}
+				}()
+			}
+			closed := gone(cc)
+			time.Sleep(time.Duration(lim.KeepaliveCountMax) * lim.KeepaliveInterval)
+			if closed() {
+				t.Fatalf("answer=%v: dropped before %d probes went unanswered", answer, lim.KeepaliveCountMax)
+			}
+			time.Sleep(10 * lim.KeepaliveInterval)
+			if closed() != !answer {
+				t.Fatalf("answer=%v: closed=%v after %d more intervals", answer, closed(), 10)
+			}
+			cc.Close()
+		}
+	})
 }
 
 // ssh -vvv shows strict key exchange (the Terrapin countermeasure).

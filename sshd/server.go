@@ -11,10 +11,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
+	"syscall"
 	"time"
 
 	gssh "github.com/gliderlabs/ssh"
@@ -51,10 +53,19 @@ type Server struct {
 
 	gate *gate
 
-	mu    sync.Mutex
-	homes map[string]*home                   // open homes by user name
-	all   map[*connState]struct{}            // every open connection
-	conns map[string]map[*connState]struct{} // logged-in connections by user
+	// testCommands are commands only tests add (export_test.go): a command
+	// that works for as long as a test says.
+	testCommands map[string]func(ctx context.Context, stdin io.Reader, stdout io.Writer) int
+
+	wg sync.WaitGroup // one per accepted connection, done when everything it started has ended
+
+	mu        sync.Mutex
+	homes     map[string]*home                   // open homes by user name
+	all       map[*connState]struct{}            // every open connection, logged in or not
+	conns     map[string]map[*connState]struct{} // logged-in connections by user
+	listeners map[net.Listener]struct{}
+	closing   bool // Shutdown or Close was called: no new connection is served
+	draining  bool // Shutdown: connections close as soon as nothing is transferred
 }
 
 type home struct {
@@ -91,6 +102,8 @@ func New(cfg Config) (*Server, error) {
 		homes: make(map[string]*home),
 		all:   make(map[*connState]struct{}),
 		conns: make(map[string]map[*connState]struct{}),
+
+		listeners: make(map[net.Listener]struct{}),
 	}
 	s.gate = newGate(cfg.Limits, cfg.Penalties, func(src netip.Prefix, until time.Time) {
 		s.log.Warn("source blocked", "source", src.String(), "until", until.Format(time.RFC3339))
@@ -102,7 +115,6 @@ func New(cfg Config) (*Server, error) {
 	s.ssh = &gssh.Server{
 		HostSigners:          hostSigners,
 		Version:              "silo",
-		ConnCallback:         s.acceptConn,
 		ServerConfigCallback: s.serverConfig,
 		// Only session channels exist; every other channel type (direct-tcpip,
 		// x11, forwarded-tcpip) is rejected as unknown.
@@ -118,54 +130,140 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// Serve accepts connections on l until Shutdown or Close. It always returns
-// a non-nil error; after Shutdown or Close it is ErrServerClosed.
+// Serve accepts connections on l until Shutdown or Close, and serves each
+// in a goroutine of its own, which those wait for. It always returns a
+// non-nil error; after Shutdown or Close it is ErrServerClosed.
 func (s *Server) Serve(l net.Listener) error {
-	err := s.ssh.Serve(l)
-	if errors.Is(err, gssh.ErrServerClosed) {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		l.Close()
 		return ErrServerClosed
 	}
-	return err
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+		l.Close()
+	}()
+	var delay time.Duration
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				// Out of descriptors, say: wait for some to be released
+				// rather than spin, as net/http does.
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.log.Error("accept failed; retrying", "err", err, "in", delay)
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		s.mu.Lock()
+		if s.closing {
+			s.mu.Unlock()
+			c.Close()
+			return ErrServerClosed
+		}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go func() {
+			defer s.wg.Done()
+			s.serveConn(c)
+		}()
+	}
 }
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
 var ErrServerClosed = errors.New("sshd: server closed")
 
-// Shutdown stops accepting connections and closes those with no transfer
-// running; the others may finish until ctx is done, when whatever is left
-// is closed.
-func (s *Server) Shutdown(ctx context.Context) error {
-	done := make(chan error, 1)
-	go func() { done <- s.ssh.Shutdown(ctx) }()
-	t := time.NewTicker(50 * time.Millisecond)
-	defer t.Stop()
-	var err error
-	for waiting := true; waiting; {
-		s.mu.Lock()
-		for st := range s.all {
-			if !st.busy() {
-				st.raw.Close()
-			}
-		}
-		s.mu.Unlock()
-		select {
-		case err = <-done:
-			waiting = false
-		case <-t.C:
+// track registers a new connection, unless the server is closing.
+func (s *Server) track(st *connState) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.all[st] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(st *connState) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.all, st)
+	if st.user != "" {
+		delete(s.conns[st.user], st)
+		if len(s.conns[st.user]) == 0 {
+			delete(s.conns, st.user)
 		}
 	}
-	if err != nil {
-		s.ssh.Close()
+}
+
+func (s *Server) shuttingDown() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.draining
+}
+
+// stop closes the listeners and, from now on, every new connection; it
+// closes the open connections that pass quit.
+func (s *Server) stop(drain bool, quit func(*connState) bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closing = true
+	s.draining = s.draining || drain
+	for l := range s.listeners {
+		l.Close()
+	}
+	for st := range s.all {
+		if quit(st) {
+			st.raw.Close()
+		}
+	}
+}
+
+// Shutdown stops accepting connections and closes those with no transfer
+// running, the others as soon as their last transfer ends. It returns when
+// every connection has closed and its sessions have finished, or, when ctx
+// is done first, closes what is left, waits for it and returns ctx's error.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.stop(true, func(st *connState) bool { return !st.busy() })
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = ctx.Err()
+		s.stop(true, func(*connState) bool { return true })
+		<-done
 	}
 	s.closeHomes()
 	return err
 }
 
-// Close closes the listeners and every connection at once.
+// Close closes the listeners and every connection, logged in or not, at
+// once, and returns when their sessions have finished.
 func (s *Server) Close() error {
-	err := s.ssh.Close()
+	s.stop(false, func(*connState) bool { return true })
+	s.wg.Wait()
 	s.closeHomes()
-	return err
+	return nil
 }
 
 // SetLimits applies new limits and penalties (a reloaded configuration) to

@@ -35,6 +35,12 @@ type session struct {
 
 // handleSession serves one session channel of an authenticated connection.
 func (s *Server) handleSession(_ *gssh.Server, conn *gossh.ServerConn, nc gossh.NewChannel, ctx gssh.Context) {
+	st := stateOf(conn)
+	if !st.enter() {
+		nc.Reject(gossh.ConnectionFailed, "connection closed")
+		return
+	}
+	defer st.wg.Done()
 	name := ""
 	if conn.Permissions != nil {
 		name = conn.Permissions.Extensions[extUser]
@@ -43,7 +49,6 @@ func (s *Server) handleSession(_ *gssh.Server, conn *gossh.ServerConn, nc gossh.
 		nc.Reject(gossh.Prohibited, "not authenticated")
 		return
 	}
-	st := stateOf(ctx)
 	if n := st.sessions.Add(1); int(n) > s.gate.limits().MaxSessions {
 		st.sessions.Add(-1)
 		nc.Reject(gossh.ResourceShortage, "too many sessions on this connection")
@@ -68,7 +73,7 @@ func (s *Server) handleSession(_ *gssh.Server, conn *gossh.ServerConn, nc gossh.
 	if err != nil {
 		return
 	}
-	sctx, cancel := context.WithCancel(ctx)
+	sctx, cancel := context.WithCancel(st.ctx)
 	defer cancel()
 	sess := &session{ctx: sctx, st: st, ch: ch, user: u, fs: fsys, log: log, done: make(chan struct{}), cancel: cancel}
 	defer func() {
@@ -135,8 +140,8 @@ func (sess *session) run(kind, arg string) {
 		if kind == "subsystem" {
 			code = sess.sftp()
 		} else {
-			sess.st.running.Add(1)
-			defer func() { sess.st.running.Add(-1); sess.st.touch() }()
+			sess.st.commandStarted()
+			defer sess.st.commandEnded()
 			code = sess.exec(arg)
 		}
 	}()
@@ -175,17 +180,42 @@ func (sess *session) exec(cmdline string) int {
 		fmt.Fprintln(sess.ch.Stderr(), "silo: no command given")
 		return 127
 	}
+	stdio := cmdIO{sess.ch, sess.st}
+	stderr := cmdIO{sess.ch.Stderr(), sess.st}
+	if run := sess.st.s.testCommands[args[0]]; run != nil {
+		return run(sess.ctx, stdio, stdio)
+	}
 	if checksum.Is(args[0]) {
-		code := checksum.Run(sess.ctx, sess.fs, args[0], args[1:], sess.ch, sess.ch, sess.ch.Stderr())
+		code := checksum.Run(sess.ctx, sess.fs, args[0], args[1:], stdio, stdio, stderr)
 		sess.log.Info("command", "command", args[0], "args", len(args)-1, "status", code)
 		return code
 	}
 	if args[0] == "scp" {
-		code := scp.Run(sess.ctx, sess.fs, args[1:], sess.ch, sess.ch)
+		code := scp.Run(sess.ctx, sess.fs, args[1:], stdio, stdio)
 		sess.log.Info("command", "command", "scp", "args", strings.Join(args[1:], " "), "status", code)
 		return code
 	}
 	sess.log.Info("command not supported", "command", args[0])
 	fmt.Fprintf(sess.ch.Stderr(), "silo: command not supported: %s\n", args[0])
 	return 127
+}
+
+// cmdIO is a command's side of its channel (stdin and stdout, or stderr).
+// While the command waits on it, for input or for the client to take
+// output, the command is not working, and the connection may go idle.
+type cmdIO struct {
+	rw io.ReadWriter
+	st *connState
+}
+
+func (c cmdIO) Read(p []byte) (int, error) {
+	c.st.waitIO()
+	defer c.st.doneIO()
+	return c.rw.Read(p)
+}
+
+func (c cmdIO) Write(p []byte) (int, error) {
+	c.st.waitIO()
+	defer c.st.doneIO()
+	return c.rw.Write(p)
 }
