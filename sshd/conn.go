@@ -37,6 +37,7 @@ type connState struct {
 	invalidUser   bool   // ... for a user that does not exist
 	graceExceeded bool
 	grace         *time.Timer
+	fc            *flushConn     // what the SSH connection writes to
 	ended         bool           // the connection is closed: no new session starts
 	wg            sync.WaitGroup // sessions, monitor and probes of this connection
 	sshConn       func() *gossh.ServerConn
@@ -66,19 +67,30 @@ func (st *connState) touch() { st.lastActive.Store(time.Now().UnixNano()) }
 // busy reports a transfer in progress: an open file or a running command.
 func (st *connState) busy() bool { return st.handles.Load() > 0 || st.running.Load() > 0 }
 
-// quiet is called when a transfer ends: a server shutting down closes a
-// connection once nothing is being transferred on it.
+// quiet is called after a reply that may have ended a transfer has been
+// sent (an SFTP reply, a command's exit status): a server shutting down
+// closes a connection once nothing is being transferred on it.
 func (st *connState) quiet() {
 	if !st.busy() && st.s.shuttingDown() {
+		st.close()
+	}
+}
+
+// close sends what the connection has waiting (the reply that ended its
+// last transfer), then closes it.
+func (st *connState) close() {
+	st.mu.Lock()
+	fc := st.fc
+	st.mu.Unlock()
+	if fc != nil {
+		fc.Close()
+	} else {
 		st.raw.Close()
 	}
 }
 
 // handleClosed counts an SFTP file handle closed.
-func (st *connState) handleClosed() {
-	st.handles.Add(-1)
-	st.quiet()
-}
+func (st *connState) handleClosed() { st.handles.Add(-1) }
 
 // commandStarted and commandEnded bracket an exec command; waitIO and
 // doneIO bracket each wait of a command on its channel, during which the
@@ -94,7 +106,6 @@ func (st *connState) commandEnded() {
 	st.touch()
 	st.working.Add(-1)
 	st.running.Add(-1)
-	st.quiet()
 }
 
 func (st *connState) waitIO() { st.touch(); st.working.Add(-1) }
@@ -124,6 +135,9 @@ func (s *Server) serveConn(c net.Conn) {
 	st.mu.Unlock()
 	if s.track(st) {
 		fc := newFlushConn(c, &connAddr{c.RemoteAddr(), st})
+		st.mu.Lock()
+		st.fc = fc
+		st.mu.Unlock()
 		s.ssh.HandleConn(fc) // returns once the connection is closed
 		fc.Close()
 		<-fc.done

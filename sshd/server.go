@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -65,7 +66,8 @@ type Server struct {
 	conns     map[string]map[*connState]struct{} // logged-in connections by user
 	listeners map[net.Listener]struct{}
 	closing   bool // Shutdown or Close was called: no new connection is served
-	draining  bool // Shutdown: connections close as soon as nothing is transferred
+
+	draining atomic.Bool // Shutdown: connections close as soon as nothing is transferred
 }
 
 type home struct {
@@ -211,24 +213,31 @@ func (s *Server) untrack(st *connState) {
 	}
 }
 
-func (s *Server) shuttingDown() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.draining
-}
+// shuttingDown is asked after every SFTP reply: an atomic, not mu.
+func (s *Server) shuttingDown() bool { return s.draining.Load() }
 
 // stop closes the listeners and, from now on, every new connection; it
 // closes the open connections that pass quit.
 func (s *Server) stop(drain bool, quit func(*connState) bool) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.closing = true
-	s.draining = s.draining || drain
+	if drain {
+		s.draining.Store(true)
+	}
 	for l := range s.listeners {
 		l.Close()
 	}
+	var close []*connState
 	for st := range s.all {
 		if quit(st) {
+			close = append(close, st)
+		}
+	}
+	s.mu.Unlock()
+	for _, st := range close {
+		if drain {
+			st.close()
+		} else {
 			st.raw.Close()
 		}
 	}

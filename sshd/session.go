@@ -147,12 +147,13 @@ func (sess *session) run(kind, arg string) {
 	}()
 	sess.ch.SendRequest("exit-status", false, gossh.Marshal(struct{ Status uint32 }{uint32(code)}))
 	sess.ch.Close()
+	sess.st.quiet()
 }
 
 func (sess *session) sftp() int {
 	maxHandles := sess.st.s.gate.limits().MaxOpenHandles
 	h := &sftpHandler{fs: sess.fs, user: sess.user.Name, log: sess.log, st: sess.st, maxHandles: int32(maxHandles)}
-	stream := newSFTPStream(sess.ch, sess.st.touch, maxHandles)
+	stream := newSFTPStream(replies{sess.ch, sess.st}, sess.st.touch, maxHandles)
 	// When the channel or the connection goes, nothing more will be
 	// answered: wake a reader that waits for a reply.
 	defer context.AfterFunc(sess.ctx, stream.shut)()
@@ -218,4 +219,17 @@ func (c cmdIO) Write(p []byte) (int, error) {
 	c.st.waitIO()
 	defer c.st.doneIO()
 	return c.rw.Write(p)
+}
+
+// replies is an SFTP session's channel: after each reply is sent, a server
+// that is shutting down may close the connection.
+type replies struct {
+	gossh.Channel
+	st *connState
+}
+
+func (r replies) Write(p []byte) (int, error) {
+	n, err := r.Channel.Write(p)
+	r.st.quiet()
+	return n, err
 }
