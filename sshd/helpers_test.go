@@ -118,13 +118,17 @@ type testServer struct {
 }
 
 type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+	mu   sync.Mutex
+	cond *sync.Cond
+	b    bytes.Buffer
 }
 
 func (s *syncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.cond != nil {
+		s.cond.Broadcast()
+	}
 	return s.b.Write(p)
 }
 
@@ -132,6 +136,31 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// waitFor waits until the log holds want, an event the test cannot see
+// otherwise; the bound is for a test that would hang, not a speed limit.
+func (s *syncBuffer) waitFor(t testing.TB, want string) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cond == nil {
+		s.cond = sync.NewCond(&s.mu)
+	}
+	expired := false
+	timer := time.AfterFunc(2*time.Minute, func() {
+		s.mu.Lock()
+		expired = true
+		s.cond.Broadcast()
+		s.mu.Unlock()
+	})
+	defer timer.Stop()
+	for !strings.Contains(s.b.String(), want) {
+		if expired {
+			t.Fatalf("the log never showed %q", want)
+		}
+		s.cond.Wait()
+	}
 }
 
 func startServer(t *testing.T) *testServer {

@@ -181,6 +181,7 @@ func (sess *session) exec(cmdline string) int {
 		fmt.Fprintln(sess.ch.Stderr(), "silo: no command given")
 		return 127
 	}
+	sess.log.Debug("command started", "command", args[0])
 	stdio := cmdIO{sess.ch, sess.st}
 	stderr := cmdIO{sess.ch.Stderr(), sess.st}
 	if run := sess.st.s.testCommands[args[0]]; run != nil {

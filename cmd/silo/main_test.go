@@ -255,13 +255,17 @@ func startSilo(t *testing.T, cfg string) *server {
 }
 
 type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+	mu   sync.Mutex
+	cond *sync.Cond
+	b    bytes.Buffer
 }
 
 func (l *lockedBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.cond != nil {
+		l.cond.Broadcast()
+	}
 	return l.b.Write(p)
 }
 
@@ -269,6 +273,34 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// count is how many times the log holds s.
+func (l *lockedBuffer) count(s string) int { return strings.Count(l.String(), s) }
+
+// waitCount waits until the log holds s n times: an event of the server
+// process; the bound is for a test that would hang, not a speed limit.
+func (l *lockedBuffer) waitCount(t *testing.T, s string, n int) {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.cond == nil {
+		l.cond = sync.NewCond(&l.mu)
+	}
+	expired := false
+	timer := time.AfterFunc(2*time.Minute, func() {
+		l.mu.Lock()
+		expired = true
+		l.cond.Broadcast()
+		l.mu.Unlock()
+	})
+	defer timer.Stop()
+	for strings.Count(l.b.String(), s) < n {
+		if expired {
+			t.Fatalf("the log never showed %q %d times:\n%s", s, n, l.b.String())
+		}
+		l.cond.Wait()
+	}
 }
 
 func dialSilo(addr, user string, hostKey ssh.HostKeyCallback, auth ...ssh.AuthMethod) (*ssh.Client, error) {
@@ -288,14 +320,16 @@ func TestServeLifecycle(t *testing.T) {
 	record := func(_ string, _ net.Addr, k ssh.PublicKey) error { seen = k; return nil }
 
 	// A user added while running logs in.
-	silo(t, "pw-1\n", "user", "add", "dave", "--password-stdin", "--config", cfg)
-	var c *ssh.Client
-	var err error
-	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		if c, err = dialSilo(s.addr, "dave", record, ssh.Password("pw-1")); err == nil || time.Now().After(deadline) {
-			break
-		}
+	// Each change is seen when the server logs its reload.
+	reloads := s.log.count("users reloaded")
+	changed := func() {
+		t.Helper()
+		reloads++
+		s.log.waitCount(t, "users reloaded", reloads)
 	}
+	silo(t, "pw-1\n", "user", "add", "dave", "--password-stdin", "--config", cfg)
+	changed()
+	c, err := dialSilo(s.addr, "dave", record, ssh.Password("pw-1"))
 	if err != nil {
 		t.Fatalf("user added while running cannot log in: %v\n%s", err, s.log)
 	}
@@ -312,16 +346,11 @@ func TestServeLifecycle(t *testing.T) {
 
 	// A changed password applies to new logins; the open session stays.
 	silo(t, "pw-2\n", "user", "passwd", "dave", "--password-stdin", "--config", cfg)
-	syscall.Kill(s.cmd.Process.Pid, syscall.SIGHUP) // reload at once rather than at the next poll
-	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		c2, err := dialSilo(s.addr, "dave", record, ssh.Password("pw-2"))
-		if err == nil {
-			c2.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("new password not accepted: %v", err)
-		}
+	changed()
+	if c2, err := dialSilo(s.addr, "dave", record, ssh.Password("pw-2")); err != nil {
+		t.Fatalf("new password not accepted: %v", err)
+	} else {
+		c2.Close()
 	}
 	if c2, err := dialSilo(s.addr, "dave", record, ssh.Password("pw-1")); err == nil {
 		c2.Close()
@@ -333,21 +362,21 @@ func TestServeLifecycle(t *testing.T) {
 
 	// A deleted user's sessions are closed.
 	silo(t, "", "user", "del", "dave", "--config", cfg)
-	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if _, err := sc.Getwd(); err != nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("deleted user's session still open")
-		}
+	changed()
+	ended := make(chan error, 1)
+	go func() { ended <- sc.Wait() }()
+	select {
+	case <-ended:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("deleted user's session still open")
 	}
 
 	// A broken users file is refused and the previous users stay.
 	silo(t, "pw-3\n", "user", "add", "erin", "--password-stdin", "--config", cfg)
-	time.Sleep(1200 * time.Millisecond)
+	changed()
 	good, _ := os.ReadFile(filepath.Join(dir, "users.toml"))
 	os.WriteFile(filepath.Join(dir, "users.toml"), append(good, "[[user]]\nname = \"../x\"\n"...), 0o600)
-	time.Sleep(1200 * time.Millisecond)
+	s.log.waitCount(t, "users file not reloaded", 1)
 	if c3, err := dialSilo(s.addr, "erin", record, ssh.Password("pw-3")); err != nil {
 		t.Fatalf("a broken users file locked out existing users: %v", err)
 	} else {
@@ -407,11 +436,7 @@ func TestJSONLogsAndReload(t *testing.T) {
 	os.WriteFile(cfg, append(body, "\n[limits]\nmax_connections_per_user = 1\n"...), 0o644)
 	// testConfig has a [penalties] table after which [limits] may follow.
 	s.cmd.Process.Signal(syscall.SIGHUP)
-	for deadline := time.Now().Add(3 * time.Second); !strings.Contains(s.log.String(), "config reloaded"); time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no reload logged:\n%s", s.log)
-		}
-	}
+	s.log.waitCount(t, "config reloaded", 1)
 	if c3, err := dialSilo(s.addr, "dave", anyKey, ssh.Password("pw")); err == nil {
 		c3.Close()
 		t.Fatal("a second connection was accepted after max_connections_per_user became 1")
