@@ -248,7 +248,15 @@ func (s *Server) stop(drain bool, quit func(*connState) bool) {
 // every connection has closed and its sessions have finished, or, when ctx
 // is done first, closes what is left, waits for it and returns ctx's error.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.stop(true, func(st *connState) bool { return !st.busy() })
+	busy := 0
+	s.stop(true, func(st *connState) bool {
+		if st.busy() {
+			busy++
+			return false
+		}
+		return true
+	})
+	s.log.Info("no longer accepting connections; waiting for transfers to finish", "transfers", busy)
 	done := make(chan struct{})
 	go func() {
 		s.wg.Wait()

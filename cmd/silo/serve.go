@@ -132,7 +132,7 @@ func serve(args []string, stderr io.Writer) error {
 	case <-ctx.Done():
 	}
 	grace := time.Duration(cfg.ShutdownGrace)
-	log.Info("shutting down; waiting for transfers to finish", "grace", grace)
+	log.Info("shutting down", "grace", grace)
 	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	// Shutdown returns when every session has finished, or when the grace
