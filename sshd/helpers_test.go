@@ -47,9 +47,6 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	shared.dir = dir
-	if shared.hostKeys, err = hostkeys.LoadOrCreate(filepath.Join(dir, "hostkeys")); err != nil {
-		panic(err)
-	}
 	shared.keys = map[string]clientKey{}
 	for _, name := range []string{"alice", "bob", "other"} {
 		_, priv, _ := ed25519.GenerateKey(rand.Reader)
@@ -221,8 +218,19 @@ func startMemServer(t *testing.T, lim sshd.Limits, pen sshd.Penalties) *testServ
 	return ts
 }
 
+// loadHostKeys creates the shared host keys on first use, so that a fuzz
+// worker, which starts no server, does not spend seconds on RSA.
+var loadHostKeys = sync.OnceValue(func() error {
+	var err error
+	shared.hostKeys, err = hostkeys.LoadOrCreate(filepath.Join(shared.dir, "hostkeys"))
+	return err
+})
+
 func newTestServer(t *testing.T, dir string, lim sshd.Limits, pen sshd.Penalties) *testServer {
 	t.Helper()
+	if err := loadHostKeys(); err != nil {
+		t.Fatal(err)
+	}
 	ts := &testServer{t: t, dir: dir, homes: filepath.Join(dir, "homes"), usersFile: filepath.Join(dir, "users.toml"),
 		logs: &syncBuffer{}, limits: lim, penalties: pen}
 	// The log goes to the test's output (shown on failure or with -v) and
