@@ -2,6 +2,7 @@ package vfs
 
 import (
 	"errors"
+	"io"
 	"io/fs"
 	"os"
 	"path"
@@ -340,5 +341,31 @@ func TestRenameAndRemove(t *testing.T) {
 	}
 	if err := f.Rmdir("d/x"); !errors.Is(err, ErrNotDir) {
 		t.Fatalf("rmdir of a file: %v", err)
+	}
+}
+
+// Listing a directory that is empty, or holds only silo's temp files, ends:
+// with n <= 0 at once, with n > 0 at io.EOF.
+func TestDirNextEmpty(t *testing.T) {
+	f, dir := newFS(t)
+	os.Mkdir(filepath.Join(dir, "empty"), 0o755)
+	os.Mkdir(filepath.Join(dir, "temps"), 0o755)
+	os.WriteFile(filepath.Join(dir, "temps", tempPrefix+"0123456789abcdef"), nil, 0o600)
+	for _, name := range []string{"/empty", "/temps"} {
+		for _, n := range []int{0, -1, 1, 10} {
+			d, err := f.ReadDir(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fis, err := d.Next(n)
+			d.Close()
+			want := error(nil)
+			if n > 0 {
+				want = io.EOF
+			}
+			if len(fis) != 0 || err != want {
+				t.Errorf("%s: Next(%d) = %v, %v; want nothing and %v", name, n, fis, err, want)
+			}
+		}
 	}
 }
