@@ -22,6 +22,8 @@ import (
 
 	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
+
+	"silo/sshd"
 )
 
 var siloBin string
@@ -99,6 +101,10 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		"bad log format": {"log_format = \"xml\"\n", "log_format"},
 		"bad log level":  {"log_level = \"loud\"\n", "log_level"},
 		"min over max":   {"[penalties]\nmin = \"1h\"\n", "penalties.max"},
+		"bare integer":   {"[limits]\nidle_timeout = 900\n", "limits.idle_timeout"},
+		"negative":       {"shutdown_grace = \"-5s\"\n", "shutdown_grace"},
+		"no grace":       {"[limits]\nlogin_grace_time = \"0s\"\n", "limits.login_grace_time"},
+		"bare address":   {"[penalties]\nexempt = [\"10.0.0.1\"]\n", "penalties.exempt"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, stderr, code := silo(t, "", "serve", "--config", writeConfig(t, tc.body))
@@ -110,6 +116,22 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 	_, stderr, code := silo(t, "", "serve", "--config", "/nonexistent/config.toml")
 	if code != 1 || !strings.Contains(stderr, "/nonexistent/config.toml") {
 		t.Fatalf("missing config: exit %d, %q", code, stderr)
+	}
+}
+
+// Durations, CIDR blocks and max_startups decode into sshd's types as
+// written.
+func TestConfigDecodes(t *testing.T) {
+	cfg, err := loadConfig(writeConfig(t, "shutdown_grace = \"1m30s\"\n[limits]\nidle_timeout = \"0s\"\nmax_startups = \"3:50:9\"\n"+
+		"[penalties]\nmin = \"2m\"\nexempt = [\"192.0.2.0/24\", \"2001:db8::/32\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := sshd.DefaultLimits()
+	want.IdleTimeout, want.MaxStartups = 0, sshd.Startups{Start: 3, Rate: 50, Full: 9}
+	if cfg.ShutdownGrace != 90*time.Second || cfg.Limits != want || cfg.Penalties.Min != 2*time.Minute ||
+		fmt.Sprint(cfg.Penalties.Exempt) != "[192.0.2.0/24 2001:db8::/32]" || cfg.Penalties.Max != sshd.DefaultPenalties().Max {
+		t.Fatalf("decoded %+v", cfg)
 	}
 }
 

@@ -65,9 +65,8 @@ func serve(args []string, stderr io.Writer) error {
 	if err := os.MkdirAll(cfg.Homes, 0o700); err != nil {
 		return fmt.Errorf("homes: %w", err)
 	}
-	lim, pen := cfg.sshdLimits()
 	srv, err := sshd.New(sshd.Config{HostSigners: signers, Users: store, Homes: cfg.Homes, Fsync: cfg.Fsync,
-		Limits: lim, Penalties: pen, Logger: log})
+		Limits: cfg.Limits, Penalties: cfg.Penalties, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -107,8 +106,7 @@ func serve(args []string, stderr io.Writer) error {
 				if nc, err := loadConfig(*configPath); err != nil {
 					log.Error("config not reloaded; the previous one stays in force", "err", err)
 				} else {
-					lim, pen := nc.sshdLimits()
-					srv.SetLimits(lim, pen)
+					srv.SetLimits(nc.Limits, nc.Penalties)
 					lv, _ := parseLevel(nc.LogLevel)
 					level.Set(lv)
 					if nc.Listen != cfg.Listen || nc.Homes != cfg.Homes || nc.HostKeys != cfg.HostKeys ||
@@ -131,7 +129,7 @@ func serve(args []string, stderr io.Writer) error {
 		return err
 	case <-ctx.Done():
 	}
-	grace := time.Duration(cfg.ShutdownGrace)
+	grace := cfg.ShutdownGrace
 	log.Info("shutting down", "grace", grace)
 	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
