@@ -12,6 +12,7 @@ import (
 )
 
 func TestLoginMethods(t *testing.T) {
+	t.Parallel()
 	ts := startServer(t)
 	ts.addUser("alice", "alice-pw", "alice")
 	ts.addUser("bob", "bob-pw", "bob")
@@ -48,6 +49,7 @@ func TestLoginMethods(t *testing.T) {
 // log tells them apart. (That both cost one argon2id verification is
 // users' TestStoreUnknownUserCostsAHash.)
 func TestUnknownUserLikeWrongPassword(t *testing.T) {
+	t.Parallel()
 	ts := startServer(t)
 	ts.addUser("alice", "alice-pw")
 	answer := func(user string) string {
@@ -66,6 +68,7 @@ func TestUnknownUserLikeWrongPassword(t *testing.T) {
 }
 
 func TestOverlongPasswordRefusedBeforeHashing(t *testing.T) {
+	t.Parallel()
 	ts := startServer(t)
 	ts.addUser("alice", strings.Repeat("p", 1024))
 	if _, err := ts.dial("alice", ssh.Password(strings.Repeat("p", 1024))); err != nil {
@@ -82,6 +85,7 @@ func TestOverlongPasswordRefusedBeforeHashing(t *testing.T) {
 // The "none" method never logs anyone in, although gliderlabs enables it when
 // it has no auth handlers of its own.
 func TestNoneMethodRefused(t *testing.T) {
+	t.Parallel()
 	ts := startServer(t)
 	ts.addUser("alice", "alice-pw", "alice")
 	c, err := ts.dial("alice") // no methods: x/crypto sends only "none"
@@ -97,6 +101,7 @@ func TestNoneMethodRefused(t *testing.T) {
 // A key the server approves when offered, but that the client never signs
 // with, must grant nothing: the next method still has to succeed on its own.
 func TestOfferedKeyNeverSignedGrantsNothing(t *testing.T) {
+	t.Parallel()
 	needClient(t, "ssh")
 	ts := startServer(t)
 	ts.addUser("alice", "alice-pw", "alice")
@@ -135,6 +140,7 @@ func (f forgedSigner) Sign(r io.Reader, data []byte) (*ssh.Signature, error) {
 }
 
 func TestForgedSignatureRefused(t *testing.T) {
+	t.Parallel()
 	ts := startServer(t)
 	ts.addUser("alice", "", "alice")
 	forged := forgedSigner{pub: shared.keys["alice"].signer.PublicKey(), signer: shared.keys["other"].signer}
@@ -153,6 +159,7 @@ func TestForgedSignatureRefused(t *testing.T) {
 // One connection, one account: switching user names between attempts ends
 // the connection, even when the second attempt has the right password.
 func TestUserNameChangeEndsConnection(t *testing.T) {
+	t.Parallel()
 	needPython(t, "paramiko")
 	ts := startServer(t)
 	ts.addUser("alice", "alice-pw")
@@ -205,6 +212,7 @@ print("authenticated", t.is_authenticated(), "active", t.is_active())
 // Only x/crypto's secure algorithms without SHA-1 are offered; OpenSSH's ssh
 // forcing a weak one cannot connect.
 func TestWeakAlgorithmsRefused(t *testing.T) {
+	t.Parallel()
 	ts := startServer(t)
 	ts.addUser("alice", "", "alice")
 	for _, tc := range []struct{ name, opt string }{

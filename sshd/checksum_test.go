@@ -48,6 +48,7 @@ var sumCommands = []string{"md5sum", "sha1sum", "sha224sum", "sha256sum", "sha38
 // Each checksum command, run by ssh inside silo, prints what GNU coreutils
 // prints on the same files, byte for byte, and exits the same.
 func TestChecksumsMatchCoreutils(t *testing.T) {
+	t.Parallel()
 	for _, c := range sumCommands {
 		needClient(t, c)
 	}
@@ -96,6 +97,7 @@ func TestChecksumsMatchCoreutils(t *testing.T) {
 }
 
 func TestChecksumCheckMode(t *testing.T) {
+	t.Parallel()
 	for _, c := range sumCommands {
 		needClient(t, c)
 	}
@@ -150,6 +152,7 @@ func TestChecksumCheckMode(t *testing.T) {
 // Paths are virtual: absolute ones start at the home, ".." stops there, and
 // nothing outside is read or shown.
 func TestChecksumJail(t *testing.T) {
+	t.Parallel()
 	ts := startServer(t)
 	ts.addUser("alice", "", "alice")
 	home := ts.home("alice")
@@ -185,6 +188,7 @@ func TestChecksumJail(t *testing.T) {
 
 // Closing the channel stops a hash that is still running.
 func TestChecksumStopsWhenChannelCloses(t *testing.T) {
+	t.Parallel()
 	ts := startServer(t)
 	ts.addUser("alice", "", "alice")
 	home := ts.home("alice")
@@ -203,6 +207,7 @@ func TestChecksumStopsWhenChannelCloses(t *testing.T) {
 
 // rclone's sftp backend finds md5sum and sha1sum, and its hashes match.
 func TestRcloneHashes(t *testing.T) {
+	t.Parallel()
 	needClient(t, "rclone")
 	ts := startServer(t)
 	ts.addUser("alice", "alice-pw")

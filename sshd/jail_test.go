@@ -50,6 +50,7 @@ func treeDigest(t *testing.T, dir string) string {
 // Every attempt fails, nothing outside alice's home changes, and no error
 // message shows a host path.
 func TestTraversalMatrix(t *testing.T) {
+	t.Parallel()
 	ts := startServer(t)
 	ts.addUser("alice", "", "alice")
 	ts.addUser("alice2", "", "bob")
@@ -240,6 +241,7 @@ func TestTraversalMatrix(t *testing.T) {
 // OpenSSH's sftp: cd cannot climb above the home, and get through a planted
 // link fails.
 func TestOpenSSHCannotLeaveHome(t *testing.T) {
+	t.Parallel()
 	ts := startServer(t)
 	ts.addUser("alice", "", "alice")
 	home := ts.home("alice")

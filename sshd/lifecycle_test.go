@@ -18,6 +18,7 @@ import (
 // logged in, a session without open files), lets an upload finish, closes
 // its connection when it does, and returns after that.
 func TestShutdownLetsTransfersFinish(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		ts := startMemServer(t, sshd.DefaultLimits(), testPenalties())
 		ts.addUser("alice", "", "alice")
@@ -81,6 +82,7 @@ func TestShutdownLetsTransfersFinish(t *testing.T) {
 // When the grace runs out, Shutdown closes what is left and returns only
 // after its sessions have finished.
 func TestShutdownGraceRunsOut(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		ts := startMemServer(t, sshd.DefaultLimits(), testPenalties())
 		ts.addUser("alice", "", "alice")
@@ -112,6 +114,7 @@ func TestShutdownGraceRunsOut(t *testing.T) {
 // Close closes every connection, logged in or not, and returns when their
 // sessions have ended.
 func TestCloseClosesEveryConnection(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		ts := startMemServer(t, sshd.DefaultLimits(), testPenalties())
 		ts.addUser("alice", "", "alice")

@@ -9,6 +9,7 @@ import (
 // The penalty table holds at most maxPenaltySources sources; past that, new
 // sources go untracked (let through) rather than growing it.
 func TestPenaltyTableBounded(t *testing.T) {
+	t.Parallel()
 	now := time.Unix(1_000_000, 0)
 	pen := DefaultPenalties()
 	g := newGate(DefaultLimits(), pen, nil)
@@ -47,6 +48,7 @@ func TestPenaltyTableBounded(t *testing.T) {
 
 // OpenSSH's random early drop: always below start, never at full.
 func TestMaxStartupsDrop(t *testing.T) {
+	t.Parallel()
 	lim := DefaultLimits()
 	lim.PerSourceMaxStartups = 0
 	g := newGate(lim, DefaultPenalties(), nil)

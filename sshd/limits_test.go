@@ -24,6 +24,7 @@ import (
 // its source penalised; 200 of them held from one address do not keep a
 // real user from logging in.
 func TestLoginGraceAndStartups(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		lim := sshd.DefaultLimits()
 		ts := startMemServer(t, lim, testPenalties())
@@ -87,6 +88,7 @@ func TestLoginGraceAndStartups(t *testing.T) {
 // that source is refused until the penalty runs out; an exempt source never
 // is.
 func TestPerSourcePenalties(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		pen := sshd.DefaultPenalties()
 		pen.Exempt = []netip.Prefix{netip.MustParsePrefix("127.0.0.4/32")}
@@ -136,6 +138,7 @@ func TestPerSourcePenalties(t *testing.T) {
 }
 
 func TestMaxSessions(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		lim := sshd.DefaultLimits()
 		ts := startMemServer(t, lim, testPenalties())
@@ -171,7 +174,8 @@ func rss(t *testing.T) int64 {
 	return pages * int64(os.Getpagesize())
 }
 
-// Rejected channel opens leave nothing behind.
+// Rejected channel opens leave nothing behind. Not parallel: it measures
+// the whole process's memory.
 func TestRejectedChannelsKeepMemoryFlat(t *testing.T) {
 	ts := startServer(t)
 	ts.addUser("alice", "", "alice")
@@ -201,6 +205,7 @@ func TestRejectedChannelsKeepMemoryFlat(t *testing.T) {
 }
 
 func TestMaxOpenHandlesAndUnknownExtension(t *testing.T) {
+	t.Parallel()
 	ts := startServer(t)
 	ts.addUser("alice", "", "alice")
 	home := ts.home("alice")
@@ -238,6 +243,7 @@ func TestMaxOpenHandlesAndUnknownExtension(t *testing.T) {
 }
 
 func TestMaxConnectionsPerUser(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		lim := sshd.DefaultLimits()
 		lim.MaxConnectionsPerUser = 2
@@ -277,6 +283,7 @@ func TestMaxConnectionsPerUser(t *testing.T) {
 
 // OpenSSH's ssh shows why a connection over the per-user limit is refused.
 func TestMaxConnectionsPerUserBanner(t *testing.T) {
+	t.Parallel()
 	lim := sshd.DefaultLimits()
 	lim.MaxConnectionsPerUser = 1
 	ts := startServerWith(t, t.TempDir(), lim, testPenalties())
@@ -311,6 +318,7 @@ func gone(c interface{ Wait() error }) func() bool {
 // scp -t receiving nothing) is idle; one that works is not, however long
 // it takes; input keeps a command from being idle.
 func TestIdleTimeout(t *testing.T) {
+	t.Parallel()
 	lim := sshd.DefaultLimits()
 	lim.KeepaliveInterval = 0 // only idleness closes these connections
 	run := func(name string, fn func(t *testing.T, ts *testServer, c *ssh.Client, closed func() bool)) {
@@ -422,6 +430,7 @@ func TestIdleTimeout(t *testing.T) {
 // A peer that stops answering keepalive probes is dropped after
 // KeepaliveCountMax probes; one that answers is not.
 func TestKeepaliveDropsDeadPeer(t *testing.T) {
+	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		lim := sshd.DefaultLimits()
 		lim.IdleTimeout = 0 // only probes close these connections
@@ -465,6 +474,7 @@ func TestKeepaliveDropsDeadPeer(t *testing.T) {
 
 // ssh -vvv shows strict key exchange (the Terrapin countermeasure).
 func TestStrictKex(t *testing.T) {
+	t.Parallel()
 	ts := startServer(t)
 	ts.addUser("alice", "", "alice")
 	_, stderr, _ := ts.ssh("alice", auth{key: "alice"}, "", "-vvv", "md5sum")
@@ -476,6 +486,7 @@ func TestStrictKex(t *testing.T) {
 // Every finished transfer is a log line with user, virtual path, bytes,
 // duration and result; logins likewise.
 func TestTransferAndLoginLogLines(t *testing.T) {
+	t.Parallel()
 	ts := startServer(t)
 	ts.addUser("alice", "alice-pw", "alice")
 	local := t.TempDir()

@@ -12,6 +12,7 @@ import (
 )
 
 func TestUnknownCommandExits127(t *testing.T) {
+	t.Parallel()
 	ts := startServer(t)
 	ts.addUser("alice", "", "alice")
 	for _, tc := range []struct {
@@ -34,6 +35,7 @@ func TestUnknownCommandExits127(t *testing.T) {
 // Shells, PTYs, environment, agent and X11 forwarding, and subsystems other
 // than sftp are refused on the session channel; the channel stays usable.
 func TestSessionRequestsRefused(t *testing.T) {
+	t.Parallel()
 	ts := startServer(t)
 	ts.addUser("alice", "", "alice")
 	c := ts.connect("alice", "alice")
@@ -81,6 +83,7 @@ func TestSessionRequestsRefused(t *testing.T) {
 // Only session channels exist: port forwarding is refused, and so are
 // global requests such as tcpip-forward.
 func TestForwardingRefused(t *testing.T) {
+	t.Parallel()
 	ts := startServer(t)
 	ts.addUser("alice", "", "alice")
 	c := ts.connect("alice", "alice")
@@ -107,6 +110,7 @@ func TestForwardingRefused(t *testing.T) {
 
 // Removing a user ends that user's open sessions; other users carry on.
 func TestRemovedUserSessionsClosed(t *testing.T) {
+	t.Parallel()
 	ts := startServer(t)
 	ts.addUser("alice", "", "alice")
 	ts.addUser("bob", "", "bob")

@@ -39,6 +39,7 @@ func addKeyUser(t *testing.T, cfg, name string) string {
 // must be a prefix of the data sent, and reput after a restart must make it
 // whole. `make crashtest` runs it.
 func TestCrashThenReput(t *testing.T) {
+	t.Parallel()
 	if os.Getenv("SILO_CRASHTEST") == "" {
 		t.Skip("slow; run with make crashtest")
 	}
@@ -104,6 +105,7 @@ func TestCrashThenReput(t *testing.T) {
 // SIGTERM during an upload: no new connection is accepted, the upload
 // completes byte for byte, and silo exits 0.
 func TestSIGTERMLetsUploadFinish(t *testing.T) {
+	t.Parallel()
 	if _, err := exec.LookPath("sftp"); err != nil {
 		if os.Getenv("SILO_REQUIRE_CLIENTS") != "" {
 			t.Fatal("needs OpenSSH's sftp")

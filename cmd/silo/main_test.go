@@ -83,6 +83,7 @@ exempt = ["127.0.0.1/32"]
 `
 
 func TestConfigErrorsNameTheKey(t *testing.T) {
+	t.Parallel()
 	for name, tc := range map[string]struct{ body, want string }{
 		"unknown key":    {"quota = 5\n" + testConfig, `unknown key "quota"`},
 		"misspelt key":   {strings.Replace(testConfig, "homes", "home", 1), `unknown key "home"`},
@@ -122,6 +123,7 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 // Durations, CIDR blocks and max_startups decode into sshd's types as
 // written.
 func TestConfigDecodes(t *testing.T) {
+	t.Parallel()
 	cfg, err := loadConfig(writeConfig(t, "shutdown_grace = \"1m30s\"\n[limits]\nidle_timeout = \"0s\"\nmax_startups = \"3:50:9\"\n"+
 		"[penalties]\nmin = \"2m\"\nexempt = [\"192.0.2.0/24\", \"2001:db8::/32\"]\n"))
 	if err != nil {
@@ -136,6 +138,7 @@ func TestConfigDecodes(t *testing.T) {
 }
 
 func TestUserCommands(t *testing.T) {
+	t.Parallel()
 	cfg := writeConfig(t, testConfig)
 	dir := filepath.Dir(cfg)
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
@@ -332,6 +335,7 @@ func dialSilo(addr, user string, hostKey ssh.HostKeyCallback, auth ...ssh.AuthMe
 // A running server picks up users added, changed and deleted by `silo user`,
 // keeps its host keys across restarts and stops cleanly on SIGTERM.
 func TestServeLifecycle(t *testing.T) {
+	t.Parallel()
 	cfg := writeConfig(t, testConfig)
 	dir := filepath.Dir(cfg)
 	s := startSilo(t, cfg)
@@ -427,6 +431,7 @@ func TestServeLifecycle(t *testing.T) {
 }
 
 func TestServeRefusesWithoutHostKeys(t *testing.T) {
+	t.Parallel()
 	cfg := writeConfig(t, testConfig)
 	blocker := filepath.Join(filepath.Dir(cfg), "keys")
 	os.WriteFile(blocker, []byte("a file where the key directory should be"), 0o600)
@@ -439,6 +444,7 @@ func TestServeRefusesWithoutHostKeys(t *testing.T) {
 // log_format = "json" gives one JSON object per line; SIGHUP applies a
 // changed limit to new connections and keeps the open ones.
 func TestJSONLogsAndReload(t *testing.T) {
+	t.Parallel()
 	cfg := writeConfig(t, "log_format = \"json\"\n"+testConfig)
 	silo(t, "pw\n", "user", "add", "dave", "--password-stdin", "--config", cfg)
 	s := startSilo(t, cfg)
