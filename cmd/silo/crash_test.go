@@ -79,7 +79,7 @@ func TestCrashThenReput(t *testing.T) {
 		n, _ := rand.Int(rand.Reader, big.NewInt(150))
 		time.Sleep(time.Duration(n.Int64()) * time.Millisecond)
 		s.cmd.Process.Signal(syscall.SIGKILL)
-		s.cmd.Wait()
+		s.wait()
 		put.Wait()
 
 		got, err := os.ReadFile(remote)
@@ -98,7 +98,7 @@ func TestCrashThenReput(t *testing.T) {
 		}
 		t.Logf("round %d: killed at %d of %d bytes; reput made it whole", round, len(got), len(data))
 		s2.cmd.Process.Signal(syscall.SIGTERM)
-		s2.cmd.Wait()
+		s2.wait()
 	}
 }
 
@@ -154,7 +154,7 @@ func TestSIGTERMLetsUploadFinish(t *testing.T) {
 		t.Fatalf("uploaded file differs (%d of %d bytes)", len(got), len(data))
 	}
 	waitErr := make(chan error, 1)
-	go func() { waitErr <- s.cmd.Wait() }()
+	go func() { waitErr <- s.wait() }()
 	select {
 	case err := <-waitErr:
 		if err != nil {

@@ -231,10 +231,11 @@ func TestUserCommands(t *testing.T) {
 
 // server is a `silo serve` process.
 type server struct {
-	cmd  *exec.Cmd
-	addr string
-	log  *lockedBuffer // everything after "listening on"
-	keys []string      // host key fingerprints it logged
+	cmd    *exec.Cmd
+	copied chan struct{} // closed when the log has been read to its end
+	addr   string
+	log    *lockedBuffer // everything after "listening on"
+	keys   []string      // host key fingerprints it logged
 }
 
 var listenRE = regexp.MustCompile(`listening on ([0-9a-fA-F.:\[\]]+)`)
@@ -247,13 +248,22 @@ func startSilo(t *testing.T, cfg string) *server {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	s := &server{cmd: cmd, log: &lockedBuffer{}}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	copied := make(chan struct{})
+	s := &server{cmd: cmd, log: &lockedBuffer{}, copied: copied}
 	sc := bufio.NewScanner(stderr)
 	ready := make(chan error, 1)
+	// The process is killed and waited for, after its log has been read to
+	// the end (the log goes to the test's output too, shown on failure).
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		s.wait()
+	})
+	out := t.Output()
 	go func() {
+		defer close(copied)
 		for sc.Scan() {
 			line := sc.Text()
+			fmt.Fprintln(out, line)
 			if m := fpRE.FindStringSubmatch(line); m != nil {
 				s.keys = append(s.keys, m[1])
 			}
@@ -266,17 +276,23 @@ func startSilo(t *testing.T, cfg string) *server {
 		if s.addr == "" {
 			ready <- errors.New("silo exited before listening")
 		}
-		io.Copy(s.log, stderr)
+		io.Copy(io.MultiWriter(out, s.log), stderr)
 	}()
 	select {
 	case err := <-ready:
 		if err != nil {
 			t.Fatal(err)
 		}
-	case <-time.After(30 * time.Second):
+	case <-time.After(2 * time.Minute):
 		t.Fatal("silo did not start listening")
 	}
 	return s
+}
+
+// wait waits for the process to exit, once its log has been read.
+func (s *server) wait() error {
+	<-s.copied
+	return s.cmd.Wait()
 }
 
 type lockedBuffer struct {
@@ -415,7 +431,7 @@ func TestServeLifecycle(t *testing.T) {
 
 	// SIGTERM: exit 0. A restart keeps the host keys.
 	s.cmd.Process.Signal(syscall.SIGTERM)
-	if err := s.cmd.Wait(); err != nil {
+	if err := s.wait(); err != nil {
 		t.Fatalf("silo after SIGTERM: %v\n%s", err, s.log)
 	}
 	s2 := startSilo(t, cfg)
