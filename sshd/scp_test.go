@@ -355,7 +355,7 @@ func TestLegacySCPSourceErrorAfterData(t *testing.T) {
 		if r != "\x01scp: /f: incomplete\n" {
 			t.Fatalf("reply after the source's error: %q", r)
 		}
-	case <-time.After(5 * time.Second):
+	case <-time.After(time.Minute): // a bound for a hang, not a speed limit
 		t.Fatal("no reply after the source's error: both sides wait")
 	}
 	if code := s.exitStatus(); code != 1 {
