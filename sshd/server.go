@@ -4,7 +4,11 @@
 // files are reached only through that user's vfs.FS.
 //
 // Lifecycle: New builds a Server; Serve accepts connections on a listener
-// until Shutdown (graceful) or Close (immediate).
+// until Shutdown (graceful) or Close (immediate), and both return only when
+// every goroutine started for a connection has ended. gliderlabs/ssh runs
+// each connection's SSH protocol (HandleConn) and starts a goroutine per
+// channel; silo accepts, owns each connection from accept to close
+// (connState, conn.go) and waits for what was started for it.
 package sshd
 
 import (
