@@ -105,6 +105,7 @@ type gate struct {
 	penalties map[netip.Prefix]*penalty
 	onBlock   func(src netip.Prefix, until time.Time) // called when a source becomes blocked
 	now       func() time.Time
+	intN      func(n int) int // the random early drop's dice
 }
 
 type penalty struct {
@@ -114,7 +115,7 @@ type penalty struct {
 
 func newGate(lim Limits, pen Penalties, onBlock func(netip.Prefix, time.Time)) *gate {
 	return &gate{lim: lim, pen: pen, perSource: make(map[netip.Addr]int),
-		penalties: make(map[netip.Prefix]*penalty), onBlock: onBlock, now: time.Now}
+		penalties: make(map[netip.Prefix]*penalty), onBlock: onBlock, now: time.Now, intN: rand.IntN}
 }
 
 func (g *gate) set(lim Limits, pen Penalties) {
@@ -175,7 +176,7 @@ func (g *gate) admit(a netip.Addr) (ok bool, why string) {
 		if s.Full > s.Start {
 			p += (100 - s.Rate) * (g.unauth - s.Start) / (s.Full - s.Start)
 		}
-		if rand.IntN(100) < p {
+		if g.intN(100) < p {
 			return false, "startups random drop"
 		}
 	}

@@ -1,6 +1,7 @@
 package sshd
 
 import (
+	"math/rand/v2"
 	"net/netip"
 	"testing"
 	"time"
@@ -52,6 +53,7 @@ func TestMaxStartupsDrop(t *testing.T) {
 	lim := DefaultLimits()
 	lim.PerSourceMaxStartups = 0
 	g := newGate(lim, DefaultPenalties(), nil)
+	g.intN = rand.New(rand.NewPCG(1, 2)).IntN // the same dice every run
 	a := netip.MustParseAddr("192.0.2.1")
 	for i := range lim.MaxStartups.Start {
 		if ok, why := g.admit(a); !ok {
@@ -59,7 +61,7 @@ func TestMaxStartupsDrop(t *testing.T) {
 		}
 	}
 	admitted := 0
-	for range 1000 {
+	for range 5000 {
 		if ok, _ := g.admit(a); ok {
 			admitted++
 		}
