@@ -89,9 +89,6 @@ func (st *connState) close() {
 	}
 }
 
-// handleClosed counts an SFTP file handle closed.
-func (st *connState) handleClosed() { st.handles.Add(-1) }
-
 // commandStarted and commandEnded bracket an exec command; waitIO and
 // doneIO bracket each wait of a command on its channel, during which the
 // connection may go idle: a command that waits for input that never comes

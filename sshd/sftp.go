@@ -149,7 +149,7 @@ func (f *sftpFile) Close() (err error) {
 	defer f.h.recover(&err)
 	err = f.f.Close()
 	f.h.release()
-	f.h.st.handleClosed()
+	f.h.st.handles.Add(-1)
 	if f.write || f.read.Load() > 0 {
 		result := "ok"
 		switch {
