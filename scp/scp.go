@@ -163,6 +163,7 @@ func (s *session) readLine() (string, error) {
 func (s *session) response() error {
 	c, err := s.in.ReadByte()
 	if err != nil {
+		s.failed = true // the peer went away: what was sent may not have arrived
 		return errStop
 	}
 	switch c {

@@ -2,7 +2,6 @@ package sshd
 
 import (
 	"errors"
-	"fmt"
 	"slices"
 
 	gssh "github.com/gliderlabs/ssh"
@@ -33,11 +32,10 @@ func algorithms() gossh.Algorithms {
 	return a
 }
 
-// serverConfig builds the x/crypto configuration of one connection. gliderlabs
-// calls it once per connection, so the closures below hold that connection's
-// auth state.
+// serverConfig builds the x/crypto configuration of one connection; gliderlabs
+// calls it once per connection.
 func (s *Server) serverConfig(ctx gssh.Context) *gossh.ServerConfig {
-	a := &connAuth{s: s, ctx: ctx, st: stateOf(ctx)}
+	a := &connAuth{s: s, ctx: ctx}
 	algs := algorithms()
 	return &gossh.ServerConfig{
 		Config: gossh.Config{
@@ -59,14 +57,13 @@ func (s *Server) serverConfig(ctx gssh.Context) *gossh.ServerConfig {
 	}
 }
 
-// connAuth is the auth state of one connection: the user name it started
-// with. The callbacks are predicates; the identity they grant travels only in
-// the Permissions they return.
+// connAuth holds the auth callbacks of one connection. They are predicates;
+// the identity they grant travels only in the Permissions they return, and
+// what they record (failed attempts, the user name) is in the connection's
+// state.
 type connAuth struct {
-	s    *Server
-	ctx  gssh.Context
-	st   *connState
-	user string
+	s   *Server
+	ctx gssh.Context // gliderlabs' context of the connection, which holds its *gossh.ServerConn after the handshake
 }
 
 var (
@@ -74,24 +71,16 @@ var (
 	errUserChanged = errors.New("user name changed between attempts")
 )
 
-// sameUser ends the connection if the client switches user names between
-// attempts: one connection, one account.
-func (a *connAuth) sameUser(c gossh.ConnMetadata) error {
-	if a.user == "" {
-		a.user = c.User()
-		return nil
-	}
-	if c.User() != a.user {
-		a.st.raw.Close()
-		return fmt.Errorf("%w: %q then %q", errUserChanged, a.user, c.User())
-	}
-	return nil
-}
+func (a *connAuth) sameUser(c gossh.ConnMetadata) error { return stateOf(c).sameUser(c.User()) }
 
 // grant logs the connection in as name: the Permissions that carry the
 // identity, once the per-user connection limit allows it.
-func (a *connAuth) grant(name string) (*gossh.Permissions, error) {
-	if err := a.st.login(a.ctx, name); err != nil {
+func (a *connAuth) grant(c gossh.ConnMetadata, name string) (*gossh.Permissions, error) {
+	sshConn := func() *gossh.ServerConn {
+		conn, _ := a.ctx.Value(gssh.ContextKeyConn).(*gossh.ServerConn)
+		return conn
+	}
+	if err := stateOf(c).login(name, sshConn); err != nil {
 		return nil, err
 	}
 	return &gossh.Permissions{Extensions: map[string]string{extUser: name}}, nil
@@ -112,7 +101,7 @@ func (a *connAuth) password(c gossh.ConnMetadata, pw []byte) (*gossh.Permissions
 	if err != nil {
 		return nil, err
 	}
-	return a.grant(u.Name)
+	return a.grant(c, u.Name)
 }
 
 // keyboardInteractive asks one "Password:" question and checks the answer as
@@ -150,7 +139,7 @@ func (a *connAuth) verifiedKey(c gossh.ConnMetadata, key gossh.PublicKey, p *gos
 	if err := a.sameUser(c); err != nil {
 		return nil, err
 	}
-	return a.grant(p.Extensions[extUser])
+	return a.grant(c, p.Extensions[extUser])
 }
 
 // logAttempt writes one line per login success or failure, for people and for
@@ -159,7 +148,7 @@ func (a *connAuth) verifiedKey(c gossh.ConnMetadata, key gossh.PublicKey, p *gos
 func (a *connAuth) logAttempt(c gossh.ConnMetadata, method string, err error) {
 	attrs := []any{"remote", c.RemoteAddr().String(), "user", c.User(), "method", method}
 	if err != nil && method != "none" && !errors.Is(err, errTooManyConns) {
-		a.st.failedAttempt(err)
+		stateOf(c).failedAttempt(err)
 	}
 	switch {
 	case err == nil:

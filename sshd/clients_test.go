@@ -15,6 +15,7 @@ import (
 // PuTTY's psftp (the SSH core of WinSCP and FileZilla) logs in with a
 // password, puts, gets and resumes both ways.
 func TestPuTTYpsftp(t *testing.T) {
+	t.Parallel()
 	needClient(t, "psftp")
 	ts := startServer(t)
 	ts.addUser("alice", "alice-pw")
@@ -61,6 +62,7 @@ ls
 // curl (libssh2) uploads and downloads, checking the host key against a
 // known_hosts file.
 func TestCurlSFTP(t *testing.T) {
+	t.Parallel()
 	needClient(t, "curl")
 	if out, _ := exec.Command("curl", "-V").Output(); !strings.Contains(string(out), "sftp") {
 		t.Skip("this curl has no sftp")

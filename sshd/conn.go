@@ -1,6 +1,7 @@
 package sshd
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -9,42 +10,56 @@ import (
 	"sync/atomic"
 	"time"
 
-	gssh "github.com/gliderlabs/ssh"
 	gossh "golang.org/x/crypto/ssh"
 
 	"silo/users"
 )
 
 // connState is what the server knows of one connection, from accept to
-// close. Lifecycle: created by acceptConn (counted as unauthenticated, under
-// the login grace timer); login moves it to its user's connections and
-// starts its monitor; closed, called once when the socket closes, uncounts
-// it and, if it never logged in, penalises its source.
+// close. Lifecycle: serveConn creates it (counted as unauthenticated, under
+// the login grace timer) and runs the SSH connection on it; login moves it
+// to its user's connections and starts its monitor; when the socket
+// closes, serveConn waits for everything started for the connection (its
+// sessions, its monitor, a keepalive probe), uncounts it and, if it never
+// logged in, penalises its source.
 type connState struct {
 	s      *Server
 	raw    net.Conn
 	addr   netip.Addr
 	remote string
+	ctx    context.Context // ends when the connection does
+	cancel context.CancelFunc
 
 	mu            sync.Mutex
+	authUser      string // the name of the first login attempt
 	user          string // set once logged in
 	attempted     bool   // a login attempt (other than "none") failed
 	invalidUser   bool   // ... for a user that does not exist
 	graceExceeded bool
 	grace         *time.Timer
-	isClosed      bool
+	fc            *flushConn     // what the SSH connection writes to
+	ended         bool           // the connection is closed: no new session starts
+	wg            sync.WaitGroup // sessions, monitor and probes of this connection
+	sshConn       func() *gossh.ServerConn
 
 	sessions   atomic.Int32 // session channels open
 	handles    atomic.Int32 // SFTP file handles open
 	running    atomic.Int32 // exec commands running
-	lastActive atomic.Int64 // unix nanoseconds of the last SFTP request or command
+	working    atomic.Int32 // ... of which not waiting on their channel
+	lastActive atomic.Int64 // unix nanoseconds of the last SFTP request, command I/O or command end
 }
 
-type stateKey struct{}
+// connAddr is the remote address of a connection served by silo: the one
+// thing that x/crypto hands back both to the auth callbacks (ConnMetadata)
+// and to the channel handlers (ServerConn), so it also carries the
+// connection's state.
+type connAddr struct {
+	net.Addr
+	st *connState
+}
 
-func stateOf(ctx gssh.Context) *connState {
-	st, _ := ctx.Value(stateKey{}).(*connState)
-	return st
+func stateOf(c interface{ RemoteAddr() net.Addr }) *connState {
+	return c.RemoteAddr().(*connAddr).st
 }
 
 func (st *connState) touch() { st.lastActive.Store(time.Now().UnixNano()) }
@@ -52,33 +67,105 @@ func (st *connState) touch() { st.lastActive.Store(time.Now().UnixNano()) }
 // busy reports a transfer in progress: an open file or a running command.
 func (st *connState) busy() bool { return st.handles.Load() > 0 || st.running.Load() > 0 }
 
-// acceptConn admits a new connection, or closes it before key exchange: a
-// penalised source, or too many unauthenticated connections.
-func (s *Server) acceptConn(ctx gssh.Context, c net.Conn) net.Conn {
+// quiet is called after a reply that may have ended a transfer has been
+// sent (an SFTP reply, a command's exit status): a server shutting down
+// closes a connection once nothing is being transferred on it.
+func (st *connState) quiet() {
+	if !st.busy() && st.s.shuttingDown() {
+		st.close()
+	}
+}
+
+// close sends what the connection has waiting (the reply that ended its
+// last transfer), then closes it.
+func (st *connState) close() {
+	st.mu.Lock()
+	fc := st.fc
+	st.mu.Unlock()
+	if fc != nil {
+		fc.Close()
+	} else {
+		st.raw.Close()
+	}
+}
+
+// commandStarted and commandEnded bracket an exec command; waitIO and
+// doneIO bracket each wait of a command on its channel, during which the
+// connection may go idle: a command that waits for input that never comes
+// is no more working than an SFTP session without requests.
+func (st *connState) commandStarted() {
+	st.running.Add(1)
+	st.working.Add(1)
+	st.touch()
+}
+
+func (st *connState) commandEnded() {
+	st.touch()
+	st.working.Add(-1)
+	st.running.Add(-1)
+}
+
+func (st *connState) waitIO() { st.touch(); st.working.Add(-1) }
+func (st *connState) doneIO() { st.working.Add(1); st.touch() }
+
+// serveConn serves one accepted connection until it closes and everything
+// started for it has finished. Connections refused before key exchange (a
+// penalised source, too many unauthenticated connections) are closed at
+// once.
+func (s *Server) serveConn(c net.Conn) {
 	ap, err := netip.ParseAddrPort(c.RemoteAddr().String())
 	if err != nil {
 		c.Close()
-		return nil
+		return
 	}
 	addr := ap.Addr().Unmap()
 	if ok, why := s.gate.admit(addr); !ok {
 		s.log.Debug("connection refused", "remote", c.RemoteAddr().String(), "reason", why)
 		c.Close()
-		return nil
+		return
 	}
 	st := &connState{s: s, raw: c, addr: addr, remote: c.RemoteAddr().String()}
+	st.ctx, st.cancel = context.WithCancel(context.Background())
 	st.touch()
+	st.mu.Lock()
 	st.grace = time.AfterFunc(s.gate.limits().LoginGraceTime, st.graceExpired)
-	s.mu.Lock()
-	s.all[st] = struct{}{}
-	s.mu.Unlock()
-	ctx.SetValue(stateKey{}, st)
-	return newFlushConn(c, st.closed)
+	st.mu.Unlock()
+	if s.track(st) {
+		fc := newFlushConn(c, &connAddr{c.RemoteAddr(), st})
+		st.mu.Lock()
+		st.fc = fc
+		st.mu.Unlock()
+		s.ssh.HandleConn(fc) // returns once the connection is closed
+		fc.Close()
+		<-fc.done
+	}
+	c.Close()
+	st.mu.Lock()
+	st.ended = true
+	st.grace.Stop()
+	st.mu.Unlock()
+	st.cancel()
+	st.wg.Wait()
+	s.untrack(st)
+	st.account()
+}
+
+// enter registers a new session of the connection, unless it has ended.
+// gliderlabs starts the goroutine of each channel itself, so this is where
+// the connection takes ownership of it.
+func (st *connState) enter() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.ended {
+		return false
+	}
+	st.wg.Add(1)
+	return true
 }
 
 func (st *connState) graceExpired() {
 	st.mu.Lock()
-	if st.user != "" || st.isClosed {
+	if st.user != "" || st.ended {
 		st.mu.Unlock()
 		return
 	}
@@ -98,11 +185,28 @@ func (st *connState) failedAttempt(err error) {
 	}
 }
 
+// sameUser ends the connection if the client switches user names between
+// attempts: one connection, one account.
+func (st *connState) sameUser(name string) error {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.authUser == "" {
+		st.authUser = name
+		return nil
+	}
+	if name != st.authUser {
+		st.raw.Close()
+		return fmt.Errorf("%w: %q then %q", errUserChanged, st.authUser, name)
+	}
+	return nil
+}
+
 var errTooManyConns = errors.New("too many connections for this user")
 
 // login makes the connection its user's, unless the user has too many.
-// The refusal carries a banner, which OpenSSH's ssh prints.
-func (st *connState) login(ctx gssh.Context, name string) error {
+// The refusal carries a banner, which OpenSSH's ssh prints. sshConn gives
+// the connection once its handshake is done, for keepalive probes.
+func (st *connState) login(name string, sshConn func() *gossh.ServerConn) error {
 	s := st.s
 	lim := s.gate.limits()
 	s.mu.Lock()
@@ -112,13 +216,16 @@ func (st *connState) login(ctx gssh.Context, name string) error {
 			Message: fmt.Sprintf("silo: %s already has %d connections, the most allowed\r\n", name, n)}
 	}
 	st.mu.Lock()
-	if st.isClosed {
+	if st.ended {
 		st.mu.Unlock()
 		s.mu.Unlock()
 		return net.ErrClosed
 	}
 	st.user = name
+	st.sshConn = sshConn
 	st.grace.Stop()
+	// Runs inside HandleConn, before serveConn waits.
+	st.wg.Go(func() { st.monitor(lim) })
 	st.mu.Unlock()
 	m := s.conns[name]
 	if m == nil {
@@ -129,30 +236,19 @@ func (st *connState) login(ctx gssh.Context, name string) error {
 	s.mu.Unlock()
 	s.gate.leave(st.addr)
 	st.touch()
-	go st.monitor(ctx)
 	return nil
 }
 
-// closed runs once, when the connection's socket closes.
-func (st *connState) closed() {
+// account uncounts a connection that never logged in and penalises its
+// source for the way it ended.
+func (st *connState) account() {
 	st.mu.Lock()
-	st.isClosed = true
 	user, graceExceeded, invalidUser, attempted := st.user, st.graceExceeded, st.invalidUser, st.attempted
-	st.grace.Stop()
 	st.mu.Unlock()
-	s := st.s
-	s.mu.Lock()
-	delete(s.all, st)
-	if user != "" {
-		delete(s.conns[user], st)
-		if len(s.conns[user]) == 0 {
-			delete(s.conns, user)
-		}
-	}
-	s.mu.Unlock()
 	if user != "" {
 		return
 	}
+	s := st.s
 	s.gate.leave(st.addr)
 	pen := s.gate.penaltiesNow()
 	switch {
@@ -167,70 +263,68 @@ func (st *connState) closed() {
 	}
 }
 
-// monitor closes the connection when it has been idle too long (no SFTP
-// request and no command running), or when its peer stops answering
-// keepalive probes. It ends with the connection.
-func (st *connState) monitor(ctx gssh.Context) {
-	// gliderlabs stores the *ServerConn once the handshake is done, just
-	// after the login that started this goroutine.
-	var conn *gossh.ServerConn
-	for conn == nil {
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(10 * time.Millisecond):
-		}
-		conn, _ = ctx.Value(gssh.ContextKeyConn).(*gossh.ServerConn)
+// monitor closes the connection when it has been idle for the idle timeout
+// (no SFTP request, no command working: a command waiting on its channel
+// does not count), or when KeepaliveCountMax keepalive probes in a row go
+// unanswered. It ends with the connection.
+func (st *connState) monitor(lim Limits) {
+	var idle, probe <-chan time.Time
+	var idleTimer *time.Timer
+	if lim.IdleTimeout > 0 {
+		idleTimer = time.NewTimer(lim.IdleTimeout)
+		defer idleTimer.Stop()
+		idle = idleTimer.C
 	}
-	lim := st.s.gate.limits()
-	tick := lim.KeepaliveInterval
-	if tick <= 0 || (lim.IdleTimeout > 0 && lim.IdleTimeout/4 < tick) {
-		tick = max(lim.IdleTimeout/4, 10*time.Millisecond)
+	if lim.KeepaliveInterval > 0 {
+		t := time.NewTicker(lim.KeepaliveInterval)
+		defer t.Stop()
+		probe = t.C
 	}
-	if lim.KeepaliveInterval <= 0 && lim.IdleTimeout <= 0 {
-		return
-	}
-	t := time.NewTicker(tick)
-	defer t.Stop()
-	var answered chan struct{}
-	misses := 0
-	lastProbe := time.Now()
+	answered := make(chan struct{}, 1)
+	inFlight, misses := false, 0
 	for {
 		select {
-		case <-ctx.Done():
+		case <-st.ctx.Done():
 			return
-		case <-t.C:
-		}
-		if lim.IdleTimeout > 0 && st.running.Load() == 0 &&
-			time.Since(time.Unix(0, st.lastActive.Load())) > lim.IdleTimeout {
-			st.s.log.Info("closing idle connection", "user", st.user, "remote", st.remote, "idle", lim.IdleTimeout)
-			conn.Close()
-			return
-		}
-		if lim.KeepaliveInterval <= 0 || time.Since(lastProbe) < lim.KeepaliveInterval {
-			continue
-		}
-		lastProbe = time.Now()
-		if answered != nil {
-			select {
-			case <-answered:
-				misses = 0
+		case <-idle:
+			quiet := time.Since(time.Unix(0, st.lastActive.Load()))
+			switch {
+			case st.working.Load() > 0:
+				// A working command touches the connection when it stops
+				// or waits; look again a full timeout later.
+				idleTimer.Reset(lim.IdleTimeout)
+			case quiet < lim.IdleTimeout:
+				idleTimer.Reset(lim.IdleTimeout - quiet)
 			default:
+				st.s.log.Info("closing idle connection", "user", st.user, "remote", st.remote, "idle", lim.IdleTimeout)
+				st.raw.Close()
+				return
+			}
+		case <-answered:
+			inFlight, misses = false, 0
+		case <-probe:
+			if inFlight {
 				if misses++; misses >= lim.KeepaliveCountMax {
 					st.s.log.Info("closing unresponsive connection", "user", st.user, "remote", st.remote, "probes", misses)
-					conn.Close()
+					st.raw.Close()
 					return
 				}
-				continue // the probe in flight still counts
+				continue
 			}
+			conn := st.sshConn()
+			if conn == nil {
+				continue // the handshake is not over yet
+			}
+			inFlight = true
+			st.wg.Go(func() {
+				// OpenSSH answers keepalive@openssh.com with a failure: an
+				// answer all the same. The call returns when the
+				// connection closes, at the latest.
+				if _, _, err := conn.SendRequest("keepalive@openssh.com", true, nil); err == nil {
+					answered <- struct{}{}
+				}
+			})
 		}
-		answered = make(chan struct{})
-		go func(done chan struct{}) {
-			// OpenSSH answers keepalive@openssh.com with a failure: an
-			// answer all the same.
-			conn.SendRequest("keepalive@openssh.com", true, nil)
-			close(done)
-		}(answered)
 	}
 }
 
@@ -241,22 +335,21 @@ func (st *connState) monitor(ctx gssh.Context) {
 // sent at once.
 type flushConn struct {
 	net.Conn
-	onClose func()
+	remote net.Addr
 
 	mu     sync.Mutex
 	cond   *sync.Cond
 	buf    []byte
 	closed bool
 	err    error
-	done   chan struct{}
-	once   sync.Once
+	done   chan struct{} // closed when the flusher has ended
 }
 
 // flushLimit bounds the bytes a connection may have waiting.
 const flushLimit = 128 << 10
 
-func newFlushConn(c net.Conn, onClose func()) *flushConn {
-	f := &flushConn{Conn: c, onClose: onClose, done: make(chan struct{})}
+func newFlushConn(c net.Conn, remote net.Addr) *flushConn {
+	f := &flushConn{Conn: c, remote: remote, done: make(chan struct{})}
 	f.cond = sync.NewCond(&f.mu)
 	go f.flusher()
 	return f
@@ -316,7 +409,7 @@ func (f *flushConn) Close() error {
 	case <-f.done:
 	case <-time.After(closeFlushWait):
 	}
-	err := f.Conn.Close()
-	f.once.Do(f.onClose)
-	return err
+	return f.Conn.Close()
 }
+
+func (f *flushConn) RemoteAddr() net.Addr { return f.remote }

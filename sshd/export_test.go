@@ -1,9 +1,22 @@
 package sshd
 
-import "time"
+import (
+	"context"
+	"io"
+	"time"
+)
 
 // SetHomeHooks sets how long an unused home stays open, and hooks called
 // before a home is opened and after one is closed for being idle.
 func SetHomeHooks(s *Server, idle time.Duration, opening, closed func(dir string)) {
 	s.homes.idleClose, s.homes.opening, s.homes.closed = idle, opening, closed
+}
+
+// AddTestCommand adds a built-in command that runs fn. Call it before any
+// session runs a command.
+func (s *Server) AddTestCommand(name string, fn func(ctx context.Context, stdin io.Reader, stdout io.Writer) int) {
+	if s.testCommands == nil {
+		s.testCommands = make(map[string]func(context.Context, io.Reader, io.Writer) int)
+	}
+	s.testCommands[name] = fn
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -46,9 +47,6 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	shared.dir = dir
-	if shared.hostKeys, err = hostkeys.LoadOrCreate(filepath.Join(dir, "hostkeys")); err != nil {
-		panic(err)
-	}
 	shared.keys = map[string]clientKey{}
 	for _, name := range []string{"alice", "bob", "other"} {
 		_, priv, _ := ed25519.GenerateKey(rand.Reader)
@@ -111,18 +109,23 @@ type testServer struct {
 	port       string
 	knownHosts string
 	logs       *syncBuffer
+	dialer     func(ip string) (net.Conn, error) // a connection from the address ip
 	limits     sshd.Limits
 	penalties  sshd.Penalties
 }
 
 type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+	mu   sync.Mutex
+	cond *sync.Cond
+	b    bytes.Buffer
 }
 
 func (s *syncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.cond != nil {
+		s.cond.Broadcast()
+	}
 	return s.b.Write(p)
 }
 
@@ -130,6 +133,31 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// waitFor waits until the log holds want, an event the test cannot see
+// otherwise; the bound is for a test that would hang, not a speed limit.
+func (s *syncBuffer) waitFor(t testing.TB, want string) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cond == nil {
+		s.cond = sync.NewCond(&s.mu)
+	}
+	expired := false
+	timer := time.AfterFunc(2*time.Minute, func() {
+		s.mu.Lock()
+		expired = true
+		s.cond.Broadcast()
+		s.mu.Unlock()
+	})
+	defer timer.Stop()
+	for !strings.Contains(s.b.String(), want) {
+		if expired {
+			t.Fatalf("the log never showed %q", want)
+		}
+		s.cond.Wait()
+	}
 }
 
 func startServer(t *testing.T) *testServer {
@@ -154,31 +182,18 @@ func startServerOn(t *testing.T, dir string) *testServer {
 
 func startServerWith(t *testing.T, dir string, lim sshd.Limits, pen sshd.Penalties) *testServer {
 	t.Helper()
-	ts := &testServer{t: t, dir: dir, homes: filepath.Join(dir, "homes"), usersFile: filepath.Join(dir, "users.toml"),
-		logs: &syncBuffer{}, limits: lim, penalties: pen}
-	log := slog.New(slog.NewTextHandler(ts.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	var err error
-	if ts.store, err = users.OpenStore(ts.usersFile, ts.homes, log); err != nil {
-		t.Fatal(err)
-	}
-	ts.srv, err = sshd.New(sshd.Config{HostSigners: shared.hostKeys, Users: ts.store, Homes: ts.homes,
-		Limits: ts.limits, Penalties: ts.penalties, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ts := newTestServer(t, dir, lim, pen)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	ts.addr = ln.Addr().String()
 	_, ts.port, _ = net.SplitHostPort(ts.addr)
-	go ts.srv.Serve(ln)
-	t.Cleanup(func() {
-		ts.srv.Close()
-		if t.Failed() {
-			t.Logf("server log:\n%s", ts.logs.String())
-		}
-	})
+	ts.dialer = func(ip string) (net.Conn, error) {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 10 * time.Second}
+		return d.Dial("tcp", ts.addr)
+	}
+	ts.serve(ln)
 	var kh strings.Builder
 	for _, k := range shared.hostKeys {
 		fmt.Fprintf(&kh, "[127.0.0.1]:%s %s", ts.port, ssh.MarshalAuthorizedKey(k.PublicKey()))
@@ -188,6 +203,62 @@ func startServerWith(t *testing.T, dir string, lim sshd.Limits, pen sshd.Penalti
 		t.Fatal(err)
 	}
 	return ts
+}
+
+// startMemServer starts a server on in-memory connections, for a test
+// inside synctest.Test: its timers run on the bubble's fake clock. Only
+// x/crypto clients reach it (through dialFrom, loginFrom, dial, connect).
+func startMemServer(t *testing.T, lim sshd.Limits, pen sshd.Penalties) *testServer {
+	t.Helper()
+	ts := newTestServer(t, t.TempDir(), lim, pen)
+	ln := newMemListener()
+	ts.addr = ln.Addr().String()
+	ts.dialer = ln.dial
+	ts.serve(ln)
+	return ts
+}
+
+// loadHostKeys creates the shared host keys on first use, so that a fuzz
+// worker, which starts no server, does not spend seconds on RSA.
+var loadHostKeys = sync.OnceValue(func() error {
+	var err error
+	shared.hostKeys, err = hostkeys.LoadOrCreate(filepath.Join(shared.dir, "hostkeys"))
+	return err
+})
+
+func newTestServer(t *testing.T, dir string, lim sshd.Limits, pen sshd.Penalties) *testServer {
+	t.Helper()
+	if err := loadHostKeys(); err != nil {
+		t.Fatal(err)
+	}
+	ts := &testServer{t: t, dir: dir, homes: filepath.Join(dir, "homes"), usersFile: filepath.Join(dir, "users.toml"),
+		logs: &syncBuffer{}, limits: lim, penalties: pen}
+	// The log goes to the test's output (shown on failure or with -v) and
+	// to a buffer that tests search.
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(t.Output(), ts.logs), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	var err error
+	if ts.store, err = users.OpenStore(ts.usersFile, ts.homes, log); err != nil {
+		t.Fatal(err)
+	}
+	ts.srv, err = sshd.New(sshd.Config{HostSigners: shared.hostKeys, Users: ts.store, Homes: ts.homes,
+		Limits: ts.limits, Penalties: ts.penalties, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ts
+}
+
+// serve runs the server on ln until the test ends, then closes it and
+// waits for Serve to return.
+func (ts *testServer) serve(ln net.Listener) {
+	served := make(chan error, 1)
+	go func() { served <- ts.srv.Serve(ln) }()
+	ts.t.Cleanup(func() {
+		ts.srv.Close()
+		if err := <-served; !errors.Is(err, sshd.ErrServerClosed) {
+			ts.t.Errorf("Serve returned %v, want ErrServerClosed", err)
+		}
+	})
 }
 
 // addUser adds an account with a password (if not empty) and the named
@@ -330,7 +401,25 @@ func (ts *testServer) clientConfig(user string, methods ...ssh.AuthMethod) *ssh.
 }
 
 func (ts *testServer) dial(user string, methods ...ssh.AuthMethod) (*ssh.Client, error) {
-	return ssh.Dial("tcp", ts.addr, ts.clientConfig(user, methods...))
+	return ts.loginFrom("127.0.0.1", user, methods...)
+}
+
+// dialFrom opens a connection to the server from a given loopback address
+// (Linux routes all of 127/8 to lo).
+func (ts *testServer) dialFrom(ip string) (net.Conn, error) { return ts.dialer(ip) }
+
+// loginFrom logs in over a connection from ip.
+func (ts *testServer) loginFrom(ip, user string, methods ...ssh.AuthMethod) (*ssh.Client, error) {
+	c, err := ts.dialFrom(ip)
+	if err != nil {
+		return nil, err
+	}
+	cc, chans, reqs, err := ssh.NewClientConn(c, ts.addr, ts.clientConfig(user, methods...))
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return ssh.NewClient(cc, chans, reqs), nil
 }
 
 // connect logs in with one of the shared keys; the connection closes when

@@ -50,6 +50,7 @@ func treeDigest(t *testing.T, dir string) string {
 // Every attempt fails, nothing outside alice's home changes, and no error
 // message shows a host path.
 func TestTraversalMatrix(t *testing.T) {
+	t.Parallel()
 	ts := startServer(t)
 	ts.addUser("alice", "", "alice")
 	ts.addUser("alice2", "", "bob")
@@ -88,7 +89,6 @@ func TestTraversalMatrix(t *testing.T) {
 	}
 	plant()
 	before := map[string]string{"alice2": treeDigest(t, sib), "decoy": treeDigest(t, decoy)}
-	etcBefore, _ := os.ReadDir("/etc")
 
 	c := ts.rawSFTP("alice", "alice")
 	type op struct {
@@ -205,8 +205,12 @@ func TestTraversalMatrix(t *testing.T) {
 	if r := c.call(fxpSymlink, str("../../alice2"), str("/d/up2")); r.ok() {
 		t.Error("symlink d/up2 -> ../../alice2 was created")
 	}
-	if r := c.call(fxpSymlink, str("../mine.txt"), str("/d/ok")); !r.ok() {
-		t.Errorf("symlink d/ok -> ../mine.txt (inside the home) refused: %q", r.msg)
+	// No ".." at all, even where it would stay inside (see vfs.checkTarget).
+	if r := c.call(fxpSymlink, str("../mine.txt"), str("/d/no")); r.ok() {
+		t.Error("symlink d/no -> ../mine.txt was created")
+	}
+	if r := c.call(fxpSymlink, str("d/../mine.txt"), str("/no")); r.ok() {
+		t.Error("symlink no -> d/../mine.txt was created")
 	}
 	for _, p := range []string{"..", "../..", "/../../..", "../alice2", "sib/..", "..//alice2/"} {
 		if r := c.call(fxpRealpath, str(p)); r.typ != fxpName || !strings.HasPrefix(r.str, "/") || strings.Contains(r.str, "..") {
@@ -219,8 +223,12 @@ func TestTraversalMatrix(t *testing.T) {
 			t.Errorf("%s changed:\nbefore:\n%s\nafter:\n%s", name, before[name], got)
 		}
 	}
-	if etcAfter, _ := os.ReadDir("/etc"); len(etcAfter) != len(etcBefore) {
-		t.Errorf("/etc changed: %d entries before, %d after", len(etcBefore), len(etcAfter))
+	// Only the names this test creates: others on the machine (a package
+	// install) may change /etc meanwhile.
+	for _, name := range []string{"silo-jail-test", "newlink", "newfile", "stolen"} {
+		if _, err := os.Lstat(filepath.Join("/etc", name)); err == nil {
+			t.Errorf("/etc/%s was created", name)
+		}
 	}
 	for _, m := range msgs {
 		for _, hostPath := range []string{ts.dir, home, sib, decoy, os.TempDir() + "/"} {
@@ -240,6 +248,7 @@ func TestTraversalMatrix(t *testing.T) {
 // OpenSSH's sftp: cd cannot climb above the home, and get through a planted
 // link fails.
 func TestOpenSSHCannotLeaveHome(t *testing.T) {
+	t.Parallel()
 	ts := startServer(t)
 	ts.addUser("alice", "", "alice")
 	home := ts.home("alice")

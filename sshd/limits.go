@@ -1,6 +1,7 @@
 package sshd
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"sync"
@@ -10,24 +11,38 @@ import (
 // Limits protect the server from floods and from clients that hold on to
 // what they do not use. OpenSSH's sshd_config options of the same names are
 // the model.
+//
+// The toml tags are the keys of config.toml's [limits] table, which decodes
+// straight into a Limits.
 type Limits struct {
-	LoginGraceTime        time.Duration // to authenticate, key exchange included
-	MaxStartups           Startups      // unauthenticated connections, all sources
-	PerSourceMaxStartups  int           // unauthenticated connections from one address
-	MaxAuthTries          int           // failed attempts per connection
-	MaxSessions           int           // session channels open at once per connection
-	MaxConnectionsPerUser int           // 0: unlimited
-	IdleTimeout           time.Duration // without SFTP requests or a running command
-	KeepaliveInterval     time.Duration // keepalive@openssh.com probes
-	KeepaliveCountMax     int           // unanswered probes before the connection is dropped
-	MaxOpenHandles        int           // per SFTP session
-	MaxOpenHandlesPerUser int           // all of a user's SFTP sessions together
+	LoginGraceTime        time.Duration `toml:"login_grace_time"`          // to authenticate, key exchange included
+	MaxStartups           Startups      `toml:"max_startups"`              // unauthenticated connections, all sources
+	PerSourceMaxStartups  int           `toml:"per_source_max_startups"`   // unauthenticated connections from one address
+	MaxAuthTries          int           `toml:"max_auth_tries"`            // failed attempts per connection
+	MaxSessions           int           `toml:"max_sessions"`              // session channels open at once per connection
+	MaxConnectionsPerUser int           `toml:"max_connections_per_user"`  // 0: unlimited
+	IdleTimeout           time.Duration `toml:"idle_timeout"`              // without SFTP requests or a working command
+	KeepaliveInterval     time.Duration `toml:"keepalive_interval"`        // keepalive@openssh.com probes
+	KeepaliveCountMax     int           `toml:"keepalive_count_max"`       // unanswered probes before the connection is dropped
+	MaxOpenHandles        int           `toml:"max_open_handles"`          // per SFTP session
+	MaxOpenHandlesPerUser int           `toml:"max_open_handles_per_user"` // all of a user's SFTP sessions together
 }
 
 // Startups is MaxStartups' start:rate:full. From start unauthenticated
 // connections on, a new one is dropped with probability rate percent,
 // rising linearly to 100 at full.
 type Startups struct{ Start, Rate, Full int }
+
+// UnmarshalText reads "start:rate:full".
+func (s *Startups) UnmarshalText(b []byte) error {
+	var v Startups
+	if n, err := fmt.Sscanf(string(b), "%d:%d:%d", &v.Start, &v.Rate, &v.Full); n != 3 || err != nil ||
+		v.Start < 1 || v.Rate < 0 || v.Rate > 100 || v.Full < v.Start {
+		return fmt.Errorf("%q is not start:rate:full with 1 <= start <= full and rate a percentage", b)
+	}
+	*s = v
+	return nil
+}
 
 // DefaultLimits are OpenSSH's defaults, with PerSourceMaxStartups below
 // MaxStartups' start, so that one source alone cannot push every other one
@@ -52,13 +67,16 @@ func DefaultLimits() Limits {
 // end badly adds time to its source's penalty; a source whose penalty
 // passes Min is refused before key exchange until the penalty has run out.
 // Penalties never exceed Max. Sources are IPv4 addresses and IPv6 /64s.
+//
+// The toml tags are the keys of config.toml's [penalties] table.
 type Penalties struct {
-	AuthFail      time.Duration // the connection ended after failed logins
-	InvalidUser   time.Duration // ... for a user that does not exist
-	NoAuth        time.Duration // the connection ended without trying to log in
-	GraceExceeded time.Duration // LoginGraceTime ran out
-	Min, Max      time.Duration
-	Exempt        []netip.Prefix // never penalised
+	AuthFail      time.Duration  `toml:"authfail"`       // the connection ended after failed logins
+	InvalidUser   time.Duration  `toml:"invaliduser"`    // ... for a user that does not exist
+	NoAuth        time.Duration  `toml:"noauth"`         // the connection ended without trying to log in
+	GraceExceeded time.Duration  `toml:"grace_exceeded"` // LoginGraceTime ran out
+	Min           time.Duration  `toml:"min"`
+	Max           time.Duration  `toml:"max"`
+	Exempt        []netip.Prefix `toml:"exempt"` // never penalised
 }
 
 // DefaultPenalties are OpenSSH's. Loopback is not exempt: a local proxy can
@@ -89,6 +107,7 @@ type gate struct {
 	penalties map[netip.Prefix]*penalty
 	onBlock   func(src netip.Prefix, until time.Time) // called when a source becomes blocked
 	now       func() time.Time
+	intN      func(n int) int // the random early drop's dice
 }
 
 type penalty struct {
@@ -98,7 +117,7 @@ type penalty struct {
 
 func newGate(lim Limits, pen Penalties, onBlock func(netip.Prefix, time.Time)) *gate {
 	return &gate{lim: lim, pen: pen, perSource: make(map[netip.Addr]int),
-		penalties: make(map[netip.Prefix]*penalty), onBlock: onBlock, now: time.Now}
+		penalties: make(map[netip.Prefix]*penalty), onBlock: onBlock, now: time.Now, intN: rand.IntN}
 }
 
 func (g *gate) set(lim Limits, pen Penalties) {
@@ -159,7 +178,7 @@ func (g *gate) admit(a netip.Addr) (ok bool, why string) {
 		if s.Full > s.Start {
 			p += (100 - s.Rate) * (g.unauth - s.Start) / (s.Full - s.Start)
 		}
-		if rand.IntN(100) < p {
+		if g.intN(100) < p {
 			return false, "startups random drop"
 		}
 	}

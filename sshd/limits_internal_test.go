@@ -1,6 +1,7 @@
 package sshd
 
 import (
+	"math/rand/v2"
 	"net/netip"
 	"testing"
 	"time"
@@ -9,6 +10,7 @@ import (
 // The penalty table holds at most maxPenaltySources sources; past that, new
 // sources go untracked (let through) rather than growing it.
 func TestPenaltyTableBounded(t *testing.T) {
+	t.Parallel()
 	now := time.Unix(1_000_000, 0)
 	pen := DefaultPenalties()
 	g := newGate(DefaultLimits(), pen, nil)
@@ -47,9 +49,11 @@ func TestPenaltyTableBounded(t *testing.T) {
 
 // OpenSSH's random early drop: always below start, never at full.
 func TestMaxStartupsDrop(t *testing.T) {
+	t.Parallel()
 	lim := DefaultLimits()
 	lim.PerSourceMaxStartups = 0
 	g := newGate(lim, DefaultPenalties(), nil)
+	g.intN = rand.New(rand.NewPCG(1, 2)).IntN // the same dice every run
 	a := netip.MustParseAddr("192.0.2.1")
 	for i := range lim.MaxStartups.Start {
 		if ok, why := g.admit(a); !ok {
@@ -57,7 +61,7 @@ func TestMaxStartupsDrop(t *testing.T) {
 		}
 	}
 	admitted := 0
-	for range 1000 {
+	for range 5000 {
 		if ok, _ := g.admit(a); ok {
 			admitted++
 		}

@@ -13,6 +13,7 @@ import (
 // instead of ending the server (pkg/sftp runs handlers on its own
 // goroutines, where nothing else would recover it).
 func TestHandlerPanicIsContained(t *testing.T) {
+	t.Parallel()
 	var logs bytes.Buffer
 	h := &sftpHandler{fs: nil, log: slog.New(slog.NewTextHandler(&logs, nil)), st: &connState{}, maxHandles: 1}
 	err := h.Filecmd(sftp.NewRequest("Mkdir", "/d")) // a nil home: a nil pointer dereference

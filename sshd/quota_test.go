@@ -51,6 +51,7 @@ func md5File(t *testing.T, path string) string {
 }
 
 func TestQuotaLimitOpenSSH(t *testing.T) {
+	t.Parallel()
 	ts := startServer(t)
 	ts.addQuotaUser("alice", "alice", 1<<20, 0)
 	home := ts.home("alice")
@@ -90,6 +91,7 @@ func TestQuotaLimitOpenSSH(t *testing.T) {
 // stored stays within it, each failed upload is reported to its client, and
 // each one reported as done is whole.
 func TestQuotaParallelUploads(t *testing.T) {
+	t.Parallel()
 	for _, n := range []int{2, 4} {
 		t.Run(fmt.Sprintf("%d uploads", n), func(t *testing.T) {
 			ts := startServer(t)
@@ -134,6 +136,7 @@ func TestQuotaParallelUploads(t *testing.T) {
 }
 
 func TestQuotaFarWrites(t *testing.T) {
+	t.Parallel()
 	ts := startServer(t)
 	ts.addQuotaUser("alice", "alice", 1<<20, 0)
 	home := ts.home("alice")
@@ -162,6 +165,7 @@ func TestQuotaFarWrites(t *testing.T) {
 }
 
 func TestQuotaKeepsDataOnFailure(t *testing.T) {
+	t.Parallel()
 	ts := startServer(t)
 	ts.addQuotaUser("alice", "alice", 4<<20, 0)
 	home := ts.home("alice")
@@ -226,6 +230,7 @@ func TestQuotaKeepsDataOnFailure(t *testing.T) {
 }
 
 func TestFileLimitOpenSSH(t *testing.T) {
+	t.Parallel()
 	ts := startServer(t)
 	ts.addQuotaUser("alice", "alice", 0, 2)
 	home := ts.home("alice")
@@ -257,6 +262,7 @@ func TestFileLimitOpenSSH(t *testing.T) {
 // The usage is computed from disk when a home is first opened, so it is
 // right after a restart; rescan picks up changes made outside silo.
 func TestQuotaAfterRestartAndRescan(t *testing.T) {
+	t.Parallel()
 	ts := startServer(t)
 	ts.addQuotaUser("alice", "alice", 1<<20, 0)
 	home := ts.home("alice")
@@ -287,6 +293,7 @@ func TestQuotaAfterRestartAndRescan(t *testing.T) {
 
 // Two sessions writing one file: the second open fails and says why.
 func TestOneWriterAcrossSessions(t *testing.T) {
+	t.Parallel()
 	ts := startServer(t)
 	ts.addQuotaUser("alice", "alice", 0, 0)
 	ts.home("alice")

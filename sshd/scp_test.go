@@ -37,6 +37,7 @@ func (ts *testServer) scpCmd(a auth, args ...string) (string, int) {
 }
 
 func TestLegacySCP(t *testing.T) {
+	t.Parallel()
 	ts := startServer(t)
 	ts.addUser("alice", "", "alice")
 	home := ts.home("alice")
@@ -180,6 +181,7 @@ func (s *scpSession) exitStatus() int {
 // Every name in the stream is one path element: anything else ends the
 // transfer, and nothing is written outside the target.
 func TestLegacySCPNamesChecked(t *testing.T) {
+	t.Parallel()
 	ts := startServer(t)
 	ts.addUser("alice", "", "alice")
 	home := ts.home("alice")
@@ -229,6 +231,7 @@ func TestLegacySCPNamesChecked(t *testing.T) {
 }
 
 func TestLegacySCPQuota(t *testing.T) {
+	t.Parallel()
 	ts := startServer(t)
 	ts.addQuotaUser("alice", "alice", 1<<20, 0)
 	home := ts.home("alice")
@@ -262,6 +265,7 @@ func TestLegacySCPQuota(t *testing.T) {
 // OpenSSH 9's scp speaks SFTP by default; overwriting a bigger file with a
 // smaller one relies on setstat size.
 func TestSCPSFTPMode(t *testing.T) {
+	t.Parallel()
 	ts := startServer(t)
 	ts.addUser("alice", "", "alice")
 	home := ts.home("alice")
@@ -288,6 +292,7 @@ func TestSCPSFTPMode(t *testing.T) {
 
 // PuTTY's pscp, in both protocols.
 func TestPuTTYpscp(t *testing.T) {
+	t.Parallel()
 	needClient(t, "pscp")
 	ts := startServer(t)
 	ts.addUser("alice", "alice-pw")
@@ -328,6 +333,7 @@ func TestPuTTYpscp(t *testing.T) {
 // A source that reports a read error after its data still gets a reply, and
 // an overwrite it was making leaves the old file.
 func TestLegacySCPSourceErrorAfterData(t *testing.T) {
+	t.Parallel()
 	ts := startServer(t)
 	ts.addUser("alice", "", "alice")
 	home := ts.home("alice")
@@ -349,7 +355,7 @@ func TestLegacySCPSourceErrorAfterData(t *testing.T) {
 		if r != "\x01scp: /f: incomplete\n" {
 			t.Fatalf("reply after the source's error: %q", r)
 		}
-	case <-time.After(5 * time.Second):
+	case <-time.After(time.Minute): // a bound for a hang, not a speed limit
 		t.Fatal("no reply after the source's error: both sides wait")
 	}
 	if code := s.exitStatus(); code != 1 {

@@ -4,18 +4,24 @@
 // files are reached only through that user's vfs.FS.
 //
 // Lifecycle: New builds a Server; Serve accepts connections on a listener
-// until Shutdown (graceful) or Close (immediate).
+// until Shutdown (graceful) or Close (immediate), and both return only when
+// every goroutine started for a connection has ended. gliderlabs/ssh runs
+// each connection's SSH protocol (HandleConn) and starts a goroutine per
+// channel; silo accepts, owns each connection from accept to close
+// (connState, conn.go) and waits for what was started for it.
 package sshd
 
 import (
 	"cmp"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	gssh "github.com/gliderlabs/ssh"
@@ -60,9 +66,19 @@ type Server struct {
 
 	homes *homes
 
-	mu    sync.Mutex
-	all   map[*connState]struct{}            // every open connection
-	conns map[string]map[*connState]struct{} // logged-in connections by user
+	// testCommands are commands only tests add (export_test.go): a command
+	// that works for as long as a test says.
+	testCommands map[string]func(ctx context.Context, stdin io.Reader, stdout io.Writer) int
+
+	wg sync.WaitGroup // one per accepted connection, done when everything it started has ended
+
+	mu        sync.Mutex
+	all       map[*connState]struct{}            // every open connection, logged in or not
+	conns     map[string]map[*connState]struct{} // logged-in connections by user
+	listeners map[net.Listener]struct{}
+	closing   bool // Shutdown or Close was called: no new connection is served
+
+	draining atomic.Bool // Shutdown: connections close as soon as nothing is transferred
 }
 
 // defaultHomeIdleClose keeps a home open across a client's reconnects, and
@@ -93,6 +109,7 @@ func New(cfg Config) (*Server, error) {
 		conns: make(map[string]map[*connState]struct{}),
 
 		maxHandles: fdBudget(),
+		listeners:  make(map[net.Listener]struct{}),
 	}
 	s.gate = newGate(cfg.Limits, cfg.Penalties, func(src netip.Prefix, until time.Time) {
 		s.log.Warn("source blocked", "source", src.String(), "until", until.Format(time.RFC3339))
@@ -104,7 +121,6 @@ func New(cfg Config) (*Server, error) {
 	s.ssh = &gssh.Server{
 		HostSigners:          hostSigners,
 		Version:              "silo",
-		ConnCallback:         s.acceptConn,
 		ServerConfigCallback: s.serverConfig,
 		// Only session channels exist; every other channel type (direct-tcpip,
 		// x11, forwarded-tcpip) is rejected as unknown.
@@ -120,54 +136,155 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// Serve accepts connections on l until Shutdown or Close. It always returns
-// a non-nil error; after Shutdown or Close it is ErrServerClosed.
+// Serve accepts connections on l until Shutdown or Close, and serves each
+// in a goroutine of its own, which those wait for. It always returns a
+// non-nil error; after Shutdown or Close it is ErrServerClosed.
 func (s *Server) Serve(l net.Listener) error {
-	err := s.ssh.Serve(l)
-	if errors.Is(err, gssh.ErrServerClosed) {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		l.Close()
 		return ErrServerClosed
 	}
-	return err
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+		l.Close()
+	}()
+	var delay time.Duration
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				// Out of descriptors, say: wait for some to be released
+				// rather than spin, as net/http does.
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.log.Error("accept failed; retrying", "err", err, "in", delay)
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		s.mu.Lock()
+		if s.closing {
+			s.mu.Unlock()
+			c.Close()
+			return ErrServerClosed
+		}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go func() {
+			defer s.wg.Done()
+			s.serveConn(c)
+		}()
+	}
 }
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
 var ErrServerClosed = errors.New("sshd: server closed")
 
-// Shutdown stops accepting connections and closes those with no transfer
-// running; the others may finish until ctx is done, when whatever is left
-// is closed.
-func (s *Server) Shutdown(ctx context.Context) error {
-	done := make(chan error, 1)
-	go func() { done <- s.ssh.Shutdown(ctx) }()
-	t := time.NewTicker(50 * time.Millisecond)
-	defer t.Stop()
-	var err error
-	for waiting := true; waiting; {
-		s.mu.Lock()
-		for st := range s.all {
-			if !st.busy() {
-				st.raw.Close()
-			}
-		}
-		s.mu.Unlock()
-		select {
-		case err = <-done:
-			waiting = false
-		case <-t.C:
+// track registers a new connection, unless the server is closing.
+func (s *Server) track(st *connState) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.all[st] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(st *connState) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.all, st)
+	if st.user != "" {
+		delete(s.conns[st.user], st)
+		if len(s.conns[st.user]) == 0 {
+			delete(s.conns, st.user)
 		}
 	}
-	if err != nil {
-		s.ssh.Close()
+}
+
+// shuttingDown is asked after every SFTP reply: an atomic, not mu.
+func (s *Server) shuttingDown() bool { return s.draining.Load() }
+
+// stop closes the listeners and, from now on, every new connection; it
+// closes the open connections that pass quit.
+func (s *Server) stop(drain bool, quit func(*connState) bool) {
+	s.mu.Lock()
+	s.closing = true
+	if drain {
+		s.draining.Store(true)
+	}
+	for l := range s.listeners {
+		l.Close()
+	}
+	var close []*connState
+	for st := range s.all {
+		if quit(st) {
+			close = append(close, st)
+		}
+	}
+	s.mu.Unlock()
+	for _, st := range close {
+		if drain {
+			st.close()
+		} else {
+			st.raw.Close()
+		}
+	}
+}
+
+// Shutdown stops accepting connections and closes those with no transfer
+// running, the others as soon as their last transfer ends. It returns when
+// every connection has closed and its sessions have finished, or, when ctx
+// is done first, closes what is left, waits for it and returns ctx's error.
+func (s *Server) Shutdown(ctx context.Context) error {
+	busy := 0
+	s.stop(true, func(st *connState) bool {
+		if st.busy() {
+			busy++
+			return false
+		}
+		return true
+	})
+	s.log.Info("no longer accepting connections; waiting for transfers to finish", "transfers", busy)
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = ctx.Err()
+		s.stop(true, func(*connState) bool { return true })
+		<-done
 	}
 	s.closeHomes()
 	return err
 }
 
-// Close closes the listeners and every connection at once.
+// Close closes the listeners and every connection, logged in or not, at
+// once, and returns when their sessions have finished.
 func (s *Server) Close() error {
-	err := s.ssh.Close()
+	s.stop(false, func(*connState) bool { return true })
+	s.wg.Wait()
 	s.closeHomes()
-	return err
+	return nil
 }
 
 // SetLimits applies new limits and penalties (a reloaded configuration) to

@@ -35,6 +35,12 @@ type session struct {
 
 // handleSession serves one session channel of an authenticated connection.
 func (s *Server) handleSession(_ *gssh.Server, conn *gossh.ServerConn, nc gossh.NewChannel, ctx gssh.Context) {
+	st := stateOf(conn)
+	if !st.enter() {
+		nc.Reject(gossh.ConnectionFailed, "connection closed")
+		return
+	}
+	defer st.wg.Done()
 	name := ""
 	if conn.Permissions != nil {
 		name = conn.Permissions.Extensions[extUser]
@@ -43,7 +49,6 @@ func (s *Server) handleSession(_ *gssh.Server, conn *gossh.ServerConn, nc gossh.
 		nc.Reject(gossh.Prohibited, "not authenticated")
 		return
 	}
-	st := stateOf(ctx)
 	if n := st.sessions.Add(1); int(n) > s.gate.limits().MaxSessions {
 		st.sessions.Add(-1)
 		nc.Reject(gossh.ResourceShortage, "too many sessions on this connection")
@@ -69,7 +74,7 @@ func (s *Server) handleSession(_ *gssh.Server, conn *gossh.ServerConn, nc gossh.
 	if err != nil {
 		return
 	}
-	sctx, cancel := context.WithCancel(ctx)
+	sctx, cancel := context.WithCancel(st.ctx)
 	defer cancel()
 	sess := &session{ctx: sctx, st: st, ch: ch, user: u, fs: fsys, log: log, quirks: quirksOf(string(conn.ClientVersion())),
 		done: make(chan struct{}), cancel: cancel}
@@ -108,8 +113,8 @@ func (sess *session) serve(reqs <-chan *gossh.Request) {
 			// some of them waiting.
 			sess.log.Info("session program refused", "request", req.Type, "subsystem", payload.Value)
 			req.Reply(true, nil)
-			sess.refuse()
 			started = true
+			go sess.run("refused", "")
 			continue
 		case req.Type == "subsystem" || req.Type == "exec":
 			if gossh.Unmarshal(req.Payload, &payload) != nil {
@@ -133,18 +138,6 @@ func (sess *session) serve(reqs <-chan *gossh.Request) {
 // serviceOnly is what a client asking for a shell is told.
 const serviceOnly = "This service allows sftp, scp, rsync and checksum commands only.\r\n"
 
-// refuse ends a session whose program is refused, as run ends a program
-// that failed.
-func (sess *session) refuse() {
-	done := sess.done
-	go func() {
-		defer close(done)
-		io.WriteString(sess.ch.Stderr(), serviceOnly)
-		sess.ch.SendRequest("exit-status", false, gossh.Marshal(struct{ Status uint32 }{1}))
-		sess.ch.Close()
-	}()
-}
-
 // run executes the program, then sends exit-status and closes the channel,
 // in that order: OpenSSH's clients report failure when the channel closes
 // without an exit status.
@@ -158,16 +151,21 @@ func (sess *session) run(kind, arg string) {
 				code = 255
 			}
 		}()
-		if kind == "subsystem" {
+		switch kind {
+		case "refused":
+			io.WriteString(sess.ch.Stderr(), serviceOnly)
+			code = 1
+		case "subsystem":
 			code = sess.sftp()
-		} else {
-			sess.st.running.Add(1)
-			defer func() { sess.st.running.Add(-1); sess.st.touch() }()
+		default:
+			sess.st.commandStarted()
+			defer sess.st.commandEnded()
 			code = sess.exec(arg)
 		}
 	}()
 	sess.ch.SendRequest("exit-status", false, gossh.Marshal(struct{ Status uint32 }{uint32(code)}))
 	sess.ch.Close()
+	sess.st.quiet()
 }
 
 func (sess *session) sftp() int {
@@ -176,7 +174,7 @@ func (sess *session) sftp() int {
 		acct: sess.st.s.accounts.get(sess.user.Name), maxHandles: int32(lim.MaxOpenHandles),
 		maxPerUser: int32(lim.MaxOpenHandlesPerUser)}
 	sess.log.Debug("sftp session started")
-	err := serveSFTP(sess.ctx, sess.ch, h, sess.st.touch, sess.quirks)
+	err := serveSFTP(sess.ctx, replies{sess.ch, sess.st}, h, sess.st.touch, sess.quirks)
 	if err != nil && err != io.EOF {
 		sess.log.Info("sftp session ended", "err", err)
 		return 1
@@ -197,17 +195,56 @@ func (sess *session) exec(cmdline string) int {
 		fmt.Fprintln(sess.ch.Stderr(), "silo: no command given")
 		return 127
 	}
+	sess.log.Debug("command started", "command", args[0])
+	stdio := cmdIO{sess.ch, sess.st}
+	stderr := cmdIO{sess.ch.Stderr(), sess.st}
+	if run := sess.st.s.testCommands[args[0]]; run != nil {
+		return run(sess.ctx, stdio, stdio)
+	}
 	if checksum.Is(args[0]) {
-		code := checksum.Run(sess.ctx, sess.fs, args[0], args[1:], sess.ch, sess.ch, sess.ch.Stderr())
+		code := checksum.Run(sess.ctx, sess.fs, args[0], args[1:], stdio, stdio, stderr)
 		sess.log.Info("command", "command", args[0], "args", len(args)-1, "status", code)
 		return code
 	}
 	if args[0] == "scp" {
-		code := scp.Run(sess.ctx, sess.fs, args[1:], sess.ch, sess.ch)
+		code := scp.Run(sess.ctx, sess.fs, args[1:], stdio, stdio)
 		sess.log.Info("command", "command", "scp", "args", strings.Join(args[1:], " "), "status", code)
 		return code
 	}
 	sess.log.Info("command not supported", "command", args[0])
 	fmt.Fprintf(sess.ch.Stderr(), "silo: command not supported: %s\n", args[0])
 	return 127
+}
+
+// cmdIO is a command's side of its channel (stdin and stdout, or stderr).
+// While the command waits on it, for input or for the client to take
+// output, the command is not working, and the connection may go idle.
+type cmdIO struct {
+	rw io.ReadWriter
+	st *connState
+}
+
+func (c cmdIO) Read(p []byte) (int, error) {
+	c.st.waitIO()
+	defer c.st.doneIO()
+	return c.rw.Read(p)
+}
+
+func (c cmdIO) Write(p []byte) (int, error) {
+	c.st.waitIO()
+	defer c.st.doneIO()
+	return c.rw.Write(p)
+}
+
+// replies is an SFTP session's channel: after each reply is sent, a server
+// that is shutting down may close the connection.
+type replies struct {
+	gossh.Channel
+	st *connState
+}
+
+func (r replies) Write(p []byte) (int, error) {
+	n, err := r.Channel.Write(p)
+	r.st.quiet()
+	return n, err
 }

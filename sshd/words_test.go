@@ -6,6 +6,7 @@ import (
 )
 
 func TestSplitWords(t *testing.T) {
+	t.Parallel()
 	for in, want := range map[string][]string{
 		`md5sum a b`:                {"md5sum", "a", "b"},
 		`  md5sum   a  `:            {"md5sum", "a"},

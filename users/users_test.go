@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"golang.org/x/crypto/bcrypt"
 )
@@ -194,38 +193,57 @@ func TestStoreRehashesLegacyHashOnLogin(t *testing.T) {
 	}
 }
 
+// countingScheme counts the verifications of the hash it wraps.
+type countingScheme struct {
+	hashScheme
+	n *int
+}
+
+func (c countingScheme) verify(pw []byte) bool { *c.n++; return c.hashScheme.verify(pw) }
+
 // An unknown user and a user without a password cost the hashing time of a
-// wrong password.
+// wrong password: the same argon2id verification, on a hash made with
+// today's parameters. An over-long password is refused before any hashing.
 func TestStoreUnknownUserCostsAHash(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "users.toml")
 	h, _ := HashPassword("pw")
-	Update(path, func(f *File) error {
+	if err := Update(path, func(f *File) error {
 		f.Users = []User{{Name: "alice", Password: h}, {Name: "keyonly", Keys: []string{"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMm3ykzHOQXKkoqOf1NWYh3RPBEWR56/D6ujl2GPnl3q"}}}
 		return nil
-	})
-	s, _ := OpenStore(path, filepath.Join(filepath.Dir(path), "homes"), slog.New(slog.DiscardHandler))
-	dummyHash() // built once, outside the measurement
-	timeIt := func(name string) time.Duration {
-		best := time.Hour
-		for range 3 {
-			start := time.Now()
-			s.CheckPassword(name, "wrong")
-			best = min(best, time.Since(start))
-		}
-		return best
+	}); err != nil {
+		t.Fatal(err)
 	}
-	wrong := timeIt("alice")
+	s, err := OpenStore(path, filepath.Join(filepath.Dir(path), "homes"), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	real := dummyHash()
+	if !real.current() {
+		t.Fatal("the stand-in hash is not argon2id with today's parameters")
+	}
+	verified := 0
+	old := dummyHash
+	dummyHash = func() hashScheme { return countingScheme{real, &verified} }
+	t.Cleanup(func() { dummyHash = old })
 	for _, name := range []string{"nobody", "keyonly"} {
-		if d := timeIt(name); d < wrong/2 {
-			t.Errorf("%s answered in %v, a wrong password in %v", name, d, wrong)
+		verified = 0
+		if _, err := s.CheckPassword(name, "wrong"); err == nil {
+			t.Fatalf("%s logged in", name)
+		}
+		if verified != 1 {
+			t.Errorf("%s: the stand-in hash was verified %d times, want once", name, verified)
 		}
 	}
-	start := time.Now()
-	if _, err := s.CheckPassword("alice", strings.Repeat("x", MaxPasswordLen+1)); err != ErrPasswordTooLong {
-		t.Fatalf("over-long password: %v", err)
+	verified = 0
+	if ok, _ := VerifyPassword("$argon2id$garbage", "wrong"); ok || verified != 1 {
+		t.Errorf("a malformed stored hash: ok=%v, %d stand-in verifications, want 1", ok, verified)
 	}
-	if d := time.Since(start); d > wrong/4 {
-		t.Errorf("an over-long password took %v to refuse; it must not be hashed", d)
+	verified = 0
+	if _, err := s.CheckPassword("alice", "wrong"); err != ErrBadPassword || verified != 0 {
+		t.Errorf("wrong password: %v, %d stand-in verifications; want ErrBadPassword and its own hash only", err, verified)
+	}
+	if _, err := s.CheckPassword("nobody", strings.Repeat("x", MaxPasswordLen+1)); err != ErrPasswordTooLong || verified != 0 {
+		t.Fatalf("over-long password: %v, %d verifications; want ErrPasswordTooLong before any", err, verified)
 	}
 }
 

@@ -443,31 +443,33 @@ func TestFsyncOption(t *testing.T) {
 // direct overwrite replaces the file: only when the upload completes.
 func TestOverwriteThroughLinkKeepsTargetOnFailure(t *testing.T) {
 	f, dir := newQuotaFS(t, Limits{Bytes: 8 << 20})
+	if err := f.Mkdir("d"); err != nil {
+		t.Fatal(err)
+	}
 	orig := randBytes(6 << 20)
-	if err := put(f, "data.bin", create, orig, 0); err != nil {
+	if err := put(f, "d/data.bin", create, orig, 0); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.Mkdir("sub"); err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range [][2]string{{"data.bin", "ln"}, {"../data.bin", "sub/ln"}, {"ln", "ln2"}} {
+	// A link to the file, a link to that link, and the file through a
+	// link to its directory.
+	for _, l := range [][2]string{{"d/data.bin", "ln"}, {"ln", "ln2"}, {"d", "dl"}} {
 		if err := f.Symlink(l[0], l[1]); err != nil {
 			t.Fatal(err)
 		}
 	}
 	unchanged := func(what string) {
 		t.Helper()
-		if got, _ := os.ReadFile(filepath.Join(dir, "data.bin")); !bytes.Equal(got, orig) {
+		if got, _ := os.ReadFile(filepath.Join(dir, "d/data.bin")); !bytes.Equal(got, orig) {
 			t.Fatalf("%s: data.bin changed (%d bytes)", what, len(got))
 		}
-		for _, l := range []string{"ln", "sub/ln", "ln2"} {
+		for _, l := range []string{"ln", "ln2", "dl"} {
 			if fi, err := os.Lstat(filepath.Join(dir, l)); err != nil || fi.Mode()&fs.ModeSymlink == 0 {
 				t.Fatalf("%s: %s is no longer a link", what, l)
 			}
 		}
 		checkUsage(t, f, dir)
 	}
-	for _, l := range []string{"ln", "sub/ln", "ln2"} {
+	for _, l := range []string{"ln", "ln2", "dl/data.bin"} {
 		if err := put(f, l, create, randBytes(10<<20), 0); !errors.Is(err, ErrQuotaExceeded) {
 			t.Fatalf("overwrite of %s over the quota: %v", l, err)
 		}
@@ -482,10 +484,10 @@ func TestOverwriteThroughLinkKeepsTargetOnFailure(t *testing.T) {
 		unchanged("aborted through " + l)
 	}
 	orig = randBytes(1 << 20)
-	if err := put(f, "sub/ln", create, orig, 0); err != nil {
+	if err := put(f, "ln2", create, orig, 0); err != nil {
 		t.Fatal(err)
 	}
-	unchanged("completed through sub/ln")
+	unchanged("completed through ln2")
 }
 
 // Directories and links take disk as files do, and count as entries of 4

@@ -281,104 +281,52 @@ func (f *FS) rename(oldname, newname string, flags uint) error {
 	return nil
 }
 
-// Symlink creates linkname pointing at target. The target must be relative
-// and, resolved from linkname's directory, stay inside the home.
+// Symlink creates linkname pointing at target, which must be relative and
+// free of ".." (see checkTarget); it is stored cleaned ("./a//b" as "a/b").
 func (f *FS) Symlink(target, linkname string) error {
 	r, err := f.rel(linkname)
 	if err != nil {
 		return wrap("symlink", linkname, err)
 	}
-	if err := f.checkTarget(path.Dir(r), target); err != nil {
+	if err := checkTarget(target); err != nil {
 		return wrap("symlink", linkname, err)
 	}
 	if err := f.reserve(EntryBytes, 1); err != nil {
 		return wrap("symlink", linkname, err)
 	}
-	if err := f.root.Symlink(target, r); err != nil {
+	if err := f.root.Symlink(path.Clean(target), r); err != nil {
 		f.adjust(-EntryBytes, -1)
 		return wrap("symlink", linkname, err)
 	}
 	return nil
 }
 
-// checkTarget refuses a link target that would lead outside the home from
-// the directory dir (root-relative). A lexical check is not enough when
-// links are involved: dir itself may sit below a link to a shallower place
-// ("d -> ." makes d/d/d the home), and a target may climb out of a link it
-// went through ("d/.." with d -> . is the home's parent). So the depth is
-// counted on disk, from dir up to the home, and ".." right after a link is
-// refused.
-func (f *FS) checkTarget(dir, target string) error {
+// checkTarget accepts a link target only if it is relative and has no ".."
+// element. Such a target walks only downward from the link's directory,
+// through names that are entries of the directory reached so far: a
+// directory inside the home, or a link inside it, which is itself such a
+// target. So a host program that follows the link (a backup tool, a web
+// server) ends inside the home or nowhere, and no later rename, rmdir or
+// new link can change that, which a check of where a target leads at
+// creation cannot promise: the directories it climbs out of can be
+// replaced afterwards. The rule is lexical on purpose; it needs nothing on
+// disk to hold.
+func checkTarget(target string) error {
 	if target == "" || path.IsAbs(target) || strings.IndexByte(target, 0) >= 0 {
 		return ErrEscape
 	}
-	depth, err := f.depth(dir)
-	if err != nil {
-		return err
-	}
-	walked := dir
-	prevLink := false
 	for _, e := range strings.Split(target, "/") {
-		switch e {
-		case "", ".":
-			continue
-		case "..":
-			if prevLink {
-				return ErrEscape
-			}
-			if depth--; depth < 0 {
-				return ErrEscape
-			}
-			walked = path.Dir(walked)
-		default:
-			depth++
-			walked = path.Join(walked, e)
+		if e == ".." {
+			return ErrEscape
 		}
-		fi, err := f.root.Lstat(walked)
-		prevLink = err == nil && fi.Mode()&fs.ModeSymlink != 0
 	}
 	return nil
 }
 
-// depth counts the directories from dir (root-relative, links followed
-// inside the home) up to the home, by walking "..": the real nesting, not
-// the name's.
-func (f *FS) depth(dir string) (int, error) {
-	root, err := f.root.Open(".")
-	if err != nil {
-		return 0, err
-	}
-	defer root.Close()
-	rfi, err := root.Stat()
-	if err != nil {
-		return 0, err
-	}
-	d, err := f.root.OpenFile(dir, os.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return 0, err
-	}
-	for n := 0; ; n++ {
-		fi, err := d.Stat()
-		if err != nil || n > 4096 {
-			d.Close()
-			return 0, ErrEscape
-		}
-		if os.SameFile(fi, rfi) {
-			d.Close()
-			return n, nil
-		}
-		fd, err := unix.Openat(int(d.Fd()), "..", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-		d.Close()
-		if err != nil {
-			return 0, err
-		}
-		d = os.NewFile(uintptr(fd), "..")
-	}
-}
-
-// Readlink returns a symbolic link's target. A link that leads outside the
-// home (written there by someone other than silo) is refused, so that its
-// target, a host path, is never shown.
+// Readlink returns a symbolic link's target. A link that breaks the rule of
+// checkTarget (written by someone other than silo, or by an older version)
+// is refused, so that a target that may lead out, or a host path, is never
+// shown.
 func (f *FS) Readlink(name string) (string, error) {
 	r, err := f.rel(name)
 	if err != nil {
@@ -388,7 +336,7 @@ func (f *FS) Readlink(name string) (string, error) {
 	if err != nil {
 		return "", wrap("readlink", name, err)
 	}
-	if err := f.checkTarget(path.Dir(r), target); err != nil {
+	if err := checkTarget(target); err != nil {
 		return "", wrap("readlink", name, err)
 	}
 	return target, nil
@@ -549,18 +497,22 @@ type Dir struct {
 }
 
 // Next returns up to n more entries, described as by Lstat, and io.EOF once
-// none are left.
+// none are left; with n <= 0, all that are left and a nil error, as
+// os.File.Readdir.
 func (d *Dir) Next(n int) ([]fs.FileInfo, error) {
-	fis, err := d.f.Readdir(n)
-	if err != nil && err != io.EOF {
-		err = wrap("readdir", d.name, err)
+	for {
+		fis, err := d.f.Readdir(n)
+		if err != nil && err != io.EOF {
+			err = wrap("readdir", d.name, err)
+		}
+		// silo's temp files are not the user's.
+		fis = slices.DeleteFunc(fis, func(fi fs.FileInfo) bool { return reservedRE.MatchString(fi.Name()) })
+		// A batch of temp files only is not the end: read on, unless
+		// Readdir has already read everything (n <= 0).
+		if len(fis) > 0 || err != nil || n <= 0 {
+			return fis, err
+		}
 	}
-	// silo's temp files are not the user's.
-	fis = slices.DeleteFunc(fis, func(fi fs.FileInfo) bool { return reservedRE.MatchString(fi.Name()) })
-	if len(fis) == 0 && err == nil {
-		return d.Next(n)
-	}
-	return fis, err
 }
 
 // Close ends the listing.

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -15,87 +14,24 @@ import (
 	"silo/sshd"
 )
 
-// Config is config.toml. Every key is documented in the shipped file.
+// Config is config.toml. Every key is documented in the shipped file. The
+// [limits] and [penalties] tables decode straight into sshd's types, whose
+// toml tags name their keys; durations are Go duration strings ("30s",
+// "15m") and exempt entries CIDR blocks.
 type Config struct {
-	Listen        string    `toml:"listen"`
-	Homes         string    `toml:"homes"`
-	HostKeys      string    `toml:"host_keys"`
-	Users         string    `toml:"users"`
-	Fsync         bool      `toml:"fsync"`
-	LogFormat     string    `toml:"log_format"`
-	LogLevel      string    `toml:"log_level"`
-	ShutdownGrace duration  `toml:"shutdown_grace"`
-	Limits        limits    `toml:"limits"`
-	Penalties     penalties `toml:"penalties"`
-}
-
-type limits struct {
-	LoginGraceTime        duration `toml:"login_grace_time"`
-	MaxStartups           startups `toml:"max_startups"`
-	PerSourceMaxStartups  int      `toml:"per_source_max_startups"`
-	MaxAuthTries          int      `toml:"max_auth_tries"`
-	MaxSessions           int      `toml:"max_sessions"`
-	MaxConnectionsPerUser int      `toml:"max_connections_per_user"`
-	IdleTimeout           duration `toml:"idle_timeout"`
-	KeepaliveInterval     duration `toml:"keepalive_interval"`
-	KeepaliveCountMax     int      `toml:"keepalive_count_max"`
-	MaxOpenHandles        int      `toml:"max_open_handles"`
-	MaxOpenHandlesPerUser int      `toml:"max_open_handles_per_user"`
-}
-
-type penalties struct {
-	AuthFail      duration `toml:"authfail"`
-	InvalidUser   duration `toml:"invaliduser"`
-	NoAuth        duration `toml:"noauth"`
-	GraceExceeded duration `toml:"grace_exceeded"`
-	Min           duration `toml:"min"`
-	Max           duration `toml:"max"`
-	Exempt        []prefix `toml:"exempt"`
-}
-
-// duration is a Go duration string in the config: "30s", "15m".
-type duration time.Duration
-
-func (d *duration) UnmarshalText(b []byte) error {
-	v, err := time.ParseDuration(string(b))
-	if err != nil || v < 0 {
-		return fmt.Errorf("%q is not a duration such as \"30s\" or \"15m\"", b)
-	}
-	*d = duration(v)
-	return nil
-}
-
-// startups is "start:rate:full".
-type startups sshd.Startups
-
-func (s *startups) UnmarshalText(b []byte) error {
-	var v sshd.Startups
-	if n, err := fmt.Sscanf(string(b), "%d:%d:%d", &v.Start, &v.Rate, &v.Full); n != 3 || err != nil ||
-		v.Start < 1 || v.Rate < 0 || v.Rate > 100 || v.Full < v.Start {
-		return fmt.Errorf("%q is not start:rate:full with 1 <= start <= full and rate a percentage", b)
-	}
-	*s = startups(v)
-	return nil
-}
-
-// prefix is a CIDR block, or one address.
-type prefix netip.Prefix
-
-func (p *prefix) UnmarshalText(b []byte) error {
-	v, err := netip.ParsePrefix(string(b))
-	if err != nil {
-		a, aerr := netip.ParseAddr(string(b))
-		if aerr != nil {
-			return fmt.Errorf("%q is not a CIDR block such as 192.0.2.0/24", b)
-		}
-		v = netip.PrefixFrom(a, a.BitLen())
-	}
-	*p = prefix(v.Masked())
-	return nil
+	Listen        string         `toml:"listen"`
+	Homes         string         `toml:"homes"`
+	HostKeys      string         `toml:"host_keys"`
+	Users         string         `toml:"users"`
+	Fsync         bool           `toml:"fsync"`
+	LogFormat     string         `toml:"log_format"`
+	LogLevel      string         `toml:"log_level"`
+	ShutdownGrace time.Duration  `toml:"shutdown_grace"`
+	Limits        sshd.Limits    `toml:"limits"`
+	Penalties     sshd.Penalties `toml:"penalties"`
 }
 
 func defaultConfig() Config {
-	l, p := sshd.DefaultLimits(), sshd.DefaultPenalties()
 	return Config{
 		Listen:        "127.0.0.1:2022",
 		Homes:         "data/homes",
@@ -103,56 +39,10 @@ func defaultConfig() Config {
 		Users:         "users.toml",
 		LogFormat:     "text",
 		LogLevel:      "info",
-		ShutdownGrace: duration(30 * time.Second),
-		Limits: limits{
-			LoginGraceTime:        duration(l.LoginGraceTime),
-			MaxStartups:           startups(l.MaxStartups),
-			PerSourceMaxStartups:  l.PerSourceMaxStartups,
-			MaxAuthTries:          l.MaxAuthTries,
-			MaxSessions:           l.MaxSessions,
-			MaxConnectionsPerUser: l.MaxConnectionsPerUser,
-			IdleTimeout:           duration(l.IdleTimeout),
-			KeepaliveInterval:     duration(l.KeepaliveInterval),
-			KeepaliveCountMax:     l.KeepaliveCountMax,
-			MaxOpenHandles:        l.MaxOpenHandles,
-			MaxOpenHandlesPerUser: l.MaxOpenHandlesPerUser,
-		},
-		Penalties: penalties{
-			AuthFail:      duration(p.AuthFail),
-			InvalidUser:   duration(p.InvalidUser),
-			NoAuth:        duration(p.NoAuth),
-			GraceExceeded: duration(p.GraceExceeded),
-			Min:           duration(p.Min),
-			Max:           duration(p.Max),
-		},
+		ShutdownGrace: 30 * time.Second,
+		Limits:        sshd.DefaultLimits(),
+		Penalties:     sshd.DefaultPenalties(),
 	}
-}
-
-// sshdLimits converts the [limits] and [penalties] tables.
-func (c *Config) sshdLimits() (sshd.Limits, sshd.Penalties) {
-	l := c.Limits
-	p := c.Penalties
-	pen := sshd.Penalties{
-		AuthFail: time.Duration(p.AuthFail), InvalidUser: time.Duration(p.InvalidUser),
-		NoAuth: time.Duration(p.NoAuth), GraceExceeded: time.Duration(p.GraceExceeded),
-		Min: time.Duration(p.Min), Max: time.Duration(p.Max),
-	}
-	for _, e := range p.Exempt {
-		pen.Exempt = append(pen.Exempt, netip.Prefix(e))
-	}
-	return sshd.Limits{
-		LoginGraceTime:        time.Duration(l.LoginGraceTime),
-		MaxStartups:           sshd.Startups(l.MaxStartups),
-		PerSourceMaxStartups:  l.PerSourceMaxStartups,
-		MaxAuthTries:          l.MaxAuthTries,
-		MaxSessions:           l.MaxSessions,
-		MaxConnectionsPerUser: l.MaxConnectionsPerUser,
-		IdleTimeout:           time.Duration(l.IdleTimeout),
-		KeepaliveInterval:     time.Duration(l.KeepaliveInterval),
-		KeepaliveCountMax:     l.KeepaliveCountMax,
-		MaxOpenHandles:        l.MaxOpenHandles,
-		MaxOpenHandlesPerUser: l.MaxOpenHandlesPerUser,
-	}, pen
 }
 
 // loadConfig reads path over the defaults, refuses unknown keys, validates
@@ -212,12 +102,11 @@ func (c *Config) Validate() error {
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		return fmt.Errorf("log_level: %v", err)
 	}
-	l := c.Limits
+	l, p := c.Limits, c.Penalties
 	for _, kv := range []struct {
 		key string
 		ok  bool
 	}{
-		{"limits.login_grace_time", l.LoginGraceTime > 0},
 		{"limits.per_source_max_startups", l.PerSourceMaxStartups >= 0},
 		{"limits.max_auth_tries", l.MaxAuthTries >= 1},
 		{"limits.max_sessions", l.MaxSessions >= 1},
@@ -225,10 +114,32 @@ func (c *Config) Validate() error {
 		{"limits.keepalive_count_max", l.KeepaliveCountMax >= 1},
 		{"limits.max_open_handles", l.MaxOpenHandles >= 1},
 		{"limits.max_open_handles_per_user", l.MaxOpenHandlesPerUser >= 1},
-		{"penalties.max", c.Penalties.Max >= c.Penalties.Min},
+		{"penalties.max", p.Max >= p.Min},
 	} {
 		if !kv.ok {
 			return fmt.Errorf("%s: value out of range", kv.key)
+		}
+	}
+	// TOML integers decode into a time.Duration as nanoseconds: a bare
+	// "idle_timeout = 900" would close every connection at once.
+	for _, d := range []struct {
+		key      string
+		v        time.Duration
+		positive bool
+	}{
+		{"shutdown_grace", c.ShutdownGrace, false},
+		{"limits.login_grace_time", l.LoginGraceTime, true},
+		{"limits.idle_timeout", l.IdleTimeout, false},
+		{"limits.keepalive_interval", l.KeepaliveInterval, false},
+		{"penalties.authfail", p.AuthFail, false},
+		{"penalties.invaliduser", p.InvalidUser, false},
+		{"penalties.noauth", p.NoAuth, false},
+		{"penalties.grace_exceeded", p.GraceExceeded, false},
+		{"penalties.min", p.Min, false},
+		{"penalties.max", p.Max, false},
+	} {
+		if d.v < 0 || d.v > 0 && d.v < time.Millisecond || d.positive && d.v == 0 {
+			return fmt.Errorf("%s: %v is not a duration such as \"30s\" or \"15m\" (0 turns it off where allowed)", d.key, d.v)
 		}
 	}
 	return nil

@@ -22,6 +22,8 @@ import (
 
 	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
+
+	"silo/sshd"
 )
 
 var siloBin string
@@ -81,6 +83,7 @@ exempt = ["127.0.0.1/32"]
 `
 
 func TestConfigErrorsNameTheKey(t *testing.T) {
+	t.Parallel()
 	for name, tc := range map[string]struct{ body, want string }{
 		"unknown key":    {"quota = 5\n" + testConfig, `unknown key "quota"`},
 		"misspelt key":   {strings.Replace(testConfig, "homes", "home", 1), `unknown key "home"`},
@@ -99,6 +102,10 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		"bad log format": {"log_format = \"xml\"\n", "log_format"},
 		"bad log level":  {"log_level = \"loud\"\n", "log_level"},
 		"min over max":   {"[penalties]\nmin = \"1h\"\n", "penalties.max"},
+		"bare integer":   {"[limits]\nidle_timeout = 900\n", "limits.idle_timeout"},
+		"negative":       {"shutdown_grace = \"-5s\"\n", "shutdown_grace"},
+		"no grace":       {"[limits]\nlogin_grace_time = \"0s\"\n", "limits.login_grace_time"},
+		"bare address":   {"[penalties]\nexempt = [\"10.0.0.1\"]\n", "penalties.exempt"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, stderr, code := silo(t, "", "serve", "--config", writeConfig(t, tc.body))
@@ -113,7 +120,25 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 	}
 }
 
+// Durations, CIDR blocks and max_startups decode into sshd's types as
+// written.
+func TestConfigDecodes(t *testing.T) {
+	t.Parallel()
+	cfg, err := loadConfig(writeConfig(t, "shutdown_grace = \"1m30s\"\n[limits]\nidle_timeout = \"0s\"\nmax_startups = \"3:50:9\"\n"+
+		"[penalties]\nmin = \"2m\"\nexempt = [\"192.0.2.0/24\", \"2001:db8::/32\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := sshd.DefaultLimits()
+	want.IdleTimeout, want.MaxStartups = 0, sshd.Startups{Start: 3, Rate: 50, Full: 9}
+	if cfg.ShutdownGrace != 90*time.Second || cfg.Limits != want || cfg.Penalties.Min != 2*time.Minute ||
+		fmt.Sprint(cfg.Penalties.Exempt) != "[192.0.2.0/24 2001:db8::/32]" || cfg.Penalties.Max != sshd.DefaultPenalties().Max {
+		t.Fatalf("decoded %+v", cfg)
+	}
+}
+
 func TestUserCommands(t *testing.T) {
+	t.Parallel()
 	cfg := writeConfig(t, testConfig)
 	dir := filepath.Dir(cfg)
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
@@ -206,10 +231,11 @@ func TestUserCommands(t *testing.T) {
 
 // server is a `silo serve` process.
 type server struct {
-	cmd  *exec.Cmd
-	addr string
-	log  *lockedBuffer // everything after "listening on"
-	keys []string      // host key fingerprints it logged
+	cmd    *exec.Cmd
+	copied chan struct{} // closed when the log has been read to its end
+	addr   string
+	log    *lockedBuffer // everything after "listening on"
+	keys   []string      // host key fingerprints it logged
 }
 
 var listenRE = regexp.MustCompile(`listening on ([0-9a-fA-F.:\[\]]+)`)
@@ -228,13 +254,22 @@ func startSiloCmd(t *testing.T, cmd *exec.Cmd) *server {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	s := &server{cmd: cmd, log: &lockedBuffer{}}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	copied := make(chan struct{})
+	s := &server{cmd: cmd, log: &lockedBuffer{}, copied: copied}
 	sc := bufio.NewScanner(stderr)
 	ready := make(chan error, 1)
+	// The process is killed and waited for, after its log has been read to
+	// the end (the log goes to the test's output too, shown on failure).
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		s.wait()
+	})
+	out := t.Output()
 	go func() {
+		defer close(copied)
 		for sc.Scan() {
 			line := sc.Text()
+			fmt.Fprintln(out, line)
 			if m := fpRE.FindStringSubmatch(line); m != nil {
 				s.keys = append(s.keys, m[1])
 			}
@@ -247,27 +282,37 @@ func startSiloCmd(t *testing.T, cmd *exec.Cmd) *server {
 		if s.addr == "" {
 			ready <- errors.New("silo exited before listening")
 		}
-		io.Copy(s.log, stderr)
+		io.Copy(io.MultiWriter(out, s.log), stderr)
 	}()
 	select {
 	case err := <-ready:
 		if err != nil {
 			t.Fatal(err)
 		}
-	case <-time.After(30 * time.Second):
+	case <-time.After(2 * time.Minute):
 		t.Fatal("silo did not start listening")
 	}
 	return s
 }
 
+// wait waits for the process to exit, once its log has been read.
+func (s *server) wait() error {
+	<-s.copied
+	return s.cmd.Wait()
+}
+
 type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+	mu   sync.Mutex
+	cond *sync.Cond
+	b    bytes.Buffer
 }
 
 func (l *lockedBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.cond != nil {
+		l.cond.Broadcast()
+	}
 	return l.b.Write(p)
 }
 
@@ -277,6 +322,34 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
+// count is how many times the log holds s.
+func (l *lockedBuffer) count(s string) int { return strings.Count(l.String(), s) }
+
+// waitCount waits until the log holds s n times: an event of the server
+// process; the bound is for a test that would hang, not a speed limit.
+func (l *lockedBuffer) waitCount(t *testing.T, s string, n int) {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.cond == nil {
+		l.cond = sync.NewCond(&l.mu)
+	}
+	expired := false
+	timer := time.AfterFunc(2*time.Minute, func() {
+		l.mu.Lock()
+		expired = true
+		l.cond.Broadcast()
+		l.mu.Unlock()
+	})
+	defer timer.Stop()
+	for strings.Count(l.b.String(), s) < n {
+		if expired {
+			t.Fatalf("the log never showed %q %d times:\n%s", s, n, l.b.String())
+		}
+		l.cond.Wait()
+	}
+}
+
 func dialSilo(addr, user string, hostKey ssh.HostKeyCallback, auth ...ssh.AuthMethod) (*ssh.Client, error) {
 	return ssh.Dial("tcp", addr, &ssh.ClientConfig{User: user, Auth: auth, HostKeyCallback: hostKey, Timeout: 10 * time.Second})
 }
@@ -284,6 +357,7 @@ func dialSilo(addr, user string, hostKey ssh.HostKeyCallback, auth ...ssh.AuthMe
 // A running server picks up users added, changed and deleted by `silo user`,
 // keeps its host keys across restarts and stops cleanly on SIGTERM.
 func TestServeLifecycle(t *testing.T) {
+	t.Parallel()
 	cfg := writeConfig(t, testConfig)
 	dir := filepath.Dir(cfg)
 	s := startSilo(t, cfg)
@@ -294,14 +368,16 @@ func TestServeLifecycle(t *testing.T) {
 	record := func(_ string, _ net.Addr, k ssh.PublicKey) error { seen = k; return nil }
 
 	// A user added while running logs in.
-	silo(t, "pw-1\n", "user", "add", "dave", "--password-stdin", "--config", cfg)
-	var c *ssh.Client
-	var err error
-	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		if c, err = dialSilo(s.addr, "dave", record, ssh.Password("pw-1")); err == nil || time.Now().After(deadline) {
-			break
-		}
+	// Each change is seen when the server logs its reload.
+	reloads := s.log.count("users reloaded")
+	changed := func() {
+		t.Helper()
+		reloads++
+		s.log.waitCount(t, "users reloaded", reloads)
 	}
+	silo(t, "pw-1\n", "user", "add", "dave", "--password-stdin", "--config", cfg)
+	changed()
+	c, err := dialSilo(s.addr, "dave", record, ssh.Password("pw-1"))
 	if err != nil {
 		t.Fatalf("user added while running cannot log in: %v\n%s", err, s.log)
 	}
@@ -318,16 +394,11 @@ func TestServeLifecycle(t *testing.T) {
 
 	// A changed password applies to new logins; the open session stays.
 	silo(t, "pw-2\n", "user", "passwd", "dave", "--password-stdin", "--config", cfg)
-	syscall.Kill(s.cmd.Process.Pid, syscall.SIGHUP) // reload at once rather than at the next poll
-	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		c2, err := dialSilo(s.addr, "dave", record, ssh.Password("pw-2"))
-		if err == nil {
-			c2.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("new password not accepted: %v", err)
-		}
+	changed()
+	if c2, err := dialSilo(s.addr, "dave", record, ssh.Password("pw-2")); err != nil {
+		t.Fatalf("new password not accepted: %v", err)
+	} else {
+		c2.Close()
 	}
 	if c2, err := dialSilo(s.addr, "dave", record, ssh.Password("pw-1")); err == nil {
 		c2.Close()
@@ -339,21 +410,21 @@ func TestServeLifecycle(t *testing.T) {
 
 	// A deleted user's sessions are closed.
 	silo(t, "", "user", "del", "dave", "--config", cfg)
-	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if _, err := sc.Getwd(); err != nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("deleted user's session still open")
-		}
+	changed()
+	ended := make(chan error, 1)
+	go func() { ended <- sc.Wait() }()
+	select {
+	case <-ended:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("deleted user's session still open")
 	}
 
 	// A broken users file is refused and the previous users stay.
 	silo(t, "pw-3\n", "user", "add", "erin", "--password-stdin", "--config", cfg)
-	time.Sleep(1200 * time.Millisecond)
+	changed()
 	good, _ := os.ReadFile(filepath.Join(dir, "users.toml"))
 	os.WriteFile(filepath.Join(dir, "users.toml"), append(good, "[[user]]\nname = \"../x\"\n"...), 0o600)
-	time.Sleep(1200 * time.Millisecond)
+	s.log.waitCount(t, "users file not reloaded", 1)
 	if c3, err := dialSilo(s.addr, "erin", record, ssh.Password("pw-3")); err != nil {
 		t.Fatalf("a broken users file locked out existing users: %v", err)
 	} else {
@@ -366,7 +437,7 @@ func TestServeLifecycle(t *testing.T) {
 
 	// SIGTERM: exit 0. A restart keeps the host keys.
 	s.cmd.Process.Signal(syscall.SIGTERM)
-	if err := s.cmd.Wait(); err != nil {
+	if err := s.wait(); err != nil {
 		t.Fatalf("silo after SIGTERM: %v\n%s", err, s.log)
 	}
 	s2 := startSilo(t, cfg)
@@ -382,6 +453,7 @@ func TestServeLifecycle(t *testing.T) {
 }
 
 func TestServeRefusesWithoutHostKeys(t *testing.T) {
+	t.Parallel()
 	cfg := writeConfig(t, testConfig)
 	blocker := filepath.Join(filepath.Dir(cfg), "keys")
 	os.WriteFile(blocker, []byte("a file where the key directory should be"), 0o600)
@@ -394,6 +466,7 @@ func TestServeRefusesWithoutHostKeys(t *testing.T) {
 // log_format = "json" gives one JSON object per line; SIGHUP applies a
 // changed limit to new connections and keeps the open ones.
 func TestJSONLogsAndReload(t *testing.T) {
+	t.Parallel()
 	cfg := writeConfig(t, "log_format = \"json\"\n"+testConfig)
 	silo(t, "pw\n", "user", "add", "dave", "--password-stdin", "--config", cfg)
 	s := startSilo(t, cfg)
@@ -413,11 +486,7 @@ func TestJSONLogsAndReload(t *testing.T) {
 	os.WriteFile(cfg, append(body, "\n[limits]\nmax_connections_per_user = 1\n"...), 0o644)
 	// testConfig has a [penalties] table after which [limits] may follow.
 	s.cmd.Process.Signal(syscall.SIGHUP)
-	for deadline := time.Now().Add(3 * time.Second); !strings.Contains(s.log.String(), "config reloaded"); time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no reload logged:\n%s", s.log)
-		}
-	}
+	s.log.waitCount(t, "config reloaded", 1)
 	if c3, err := dialSilo(s.addr, "dave", anyKey, ssh.Password("pw")); err == nil {
 		c3.Close()
 		t.Fatal("a second connection was accepted after max_connections_per_user became 1")

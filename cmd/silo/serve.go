@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -64,9 +65,8 @@ func serve(args []string, stderr io.Writer) error {
 	if err := os.MkdirAll(cfg.Homes, 0o700); err != nil {
 		return fmt.Errorf("homes: %w", err)
 	}
-	lim, pen := cfg.sshdLimits()
 	srv, err := sshd.New(sshd.Config{HostSigners: signers, Users: store, Homes: cfg.Homes, Fsync: cfg.Fsync,
-		Limits: lim, Penalties: pen, Logger: log})
+		Limits: cfg.Limits, Penalties: cfg.Penalties, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -86,14 +86,19 @@ func serve(args []string, stderr io.Writer) error {
 		log.Info("users reloaded", "users", store.Len())
 		srv.Reloaded(removed)
 	}
-	go store.Watch(ctx, usersPollInterval, reloaded)
+	// The watchers end with ctx; serve returns only after they have.
+	var watchers sync.WaitGroup
+	defer watchers.Wait()
+	wctx, stopWatchers := context.WithCancel(ctx)
+	defer stopWatchers()
+	watchers.Go(func() { store.Watch(wctx, usersPollInterval, reloaded) })
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	go func() {
+	watchers.Go(func() {
 		for {
 			select {
-			case <-ctx.Done():
+			case <-wctx.Done():
 				return
 			case <-hup:
 				// The limits, penalties and log level change at once; the
@@ -101,8 +106,7 @@ func serve(args []string, stderr io.Writer) error {
 				if nc, err := loadConfig(*configPath); err != nil {
 					log.Error("config not reloaded; the previous one stays in force", "err", err)
 				} else {
-					lim, pen := nc.sshdLimits()
-					srv.SetLimits(lim, pen)
+					srv.SetLimits(nc.Limits, nc.Penalties)
 					lv, _ := parseLevel(nc.LogLevel)
 					level.Set(lv)
 					if nc.Listen != cfg.Listen || nc.Homes != cfg.Homes || nc.HostKeys != cfg.HostKeys ||
@@ -115,20 +119,28 @@ func serve(args []string, stderr io.Writer) error {
 				reloaded(store.Reload())
 			}
 		}
-	}()
+	})
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	select {
 	case err := <-serveErr:
+		srv.Close()
 		return err
 	case <-ctx.Done():
 	}
-	grace := time.Duration(cfg.ShutdownGrace)
-	log.Info("shutting down; waiting for transfers to finish", "grace", grace)
+	grace := cfg.ShutdownGrace
+	log.Info("shutting down", "grace", grace)
 	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+	// Shutdown returns when every session has finished, or when the grace
+	// has run out and the rest has been closed and has finished: no file
+	// is being written when serve returns and the process exits.
+	err = srv.Shutdown(sctx)
+	<-serveErr
+	if errors.Is(err, context.DeadlineExceeded) {
+		log.Warn("grace ran out; closed the transfers still running", "grace", grace)
+	} else if err != nil {
 		return err
 	}
 	log.Info("stopped")
