@@ -32,21 +32,21 @@ func TestSymlinkDirectionEveryClient(t *testing.T) {
 	writeFile(t, filepath.Join(home, "f7"), []byte("seven"))
 	for _, tc := range []struct {
 		name string
-		run  func(link string) (string, error)
+		run  func(t *testing.T, link string) (string, error)
 	}{
-		{"OpenSSH sftp", func(link string) (string, error) {
+		{"OpenSSH sftp", func(t *testing.T, link string) (string, error) {
 			return ts.sftpBatch("alice", auth{key: "alice"}, "ln -s f7 "+link+"\n")
 		}},
-		{"pkg/sftp", func(link string) (string, error) {
+		{"pkg/sftp", func(t *testing.T, link string) (string, error) {
 			return "", ts.sftpClient("alice", "alice").Symlink("f7", link)
 		}},
-		{"paramiko", func(link string) (string, error) {
+		{"paramiko", func(t *testing.T, link string) (string, error) {
 			needPython(t, "paramiko")
 			return python(ts, `import paramiko
 t = paramiko.Transport(("127.0.0.1", PORT)); t.connect(username="alice", password="alice-pw")
 paramiko.SFTPClient.from_transport(t).symlink("f7", LINK)`, link)
 		}},
-		{"asyncssh", func(link string) (string, error) {
+		{"asyncssh", func(t *testing.T, link string) (string, error) {
 			needPython(t, "asyncssh")
 			return python(ts, `import asyncio, asyncssh
 async def main():
@@ -55,7 +55,7 @@ async def main():
             await s.symlink("f7", LINK)
 asyncio.run(main())`, link)
 		}},
-		{"node ssh2", func(link string) (string, error) {
+		{"node ssh2", func(t *testing.T, link string) (string, error) {
 			needNode(t, "ssh2")
 			script := strings.NewReplacer("PORT", ts.port, "LINK", `"`+link+`"`).Replace(`const { Client } = require("ssh2");
 const c = new Client();
@@ -70,7 +70,7 @@ c.on("ready", () => c.sftp((err, s) => {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			link := "lk-" + strings.NewReplacer(" ", "-", "/", "-").Replace(tc.name)
-			if out, err := tc.run(link); err != nil {
+			if out, err := tc.run(t, link); err != nil {
 				t.Fatalf("symlink: %v\n%s", err, out)
 			}
 			if got, err := os.Readlink(filepath.Join(home, link)); err != nil || got != "f7" {

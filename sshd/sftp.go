@@ -487,6 +487,10 @@ func (h *sftpHandler) status(err error) error {
 	if errors.As(err, &qe) {
 		return &statusError{sftp.ErrSSHFxFailure, qe.Error()}
 	}
+	var te *vfs.TargetError
+	if errors.As(err, &te) {
+		return &statusError{sftp.ErrSSHFxPermissionDenied, "permission denied: " + te.Error() + ": " + p}
+	}
 	for _, e := range sftpErrors {
 		if errors.Is(err, e.is) {
 			msg := e.msg

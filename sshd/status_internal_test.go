@@ -29,6 +29,7 @@ func TestStatusTable(t *testing.T) {
 		{at(vfs.ErrUnchanged), sftp.ErrSSHFxFailure, "upload not completed: /d/x is unchanged"},
 		{at(&vfs.QuotaError{Left: 1 << 20, Limit: 2 << 20}), sftp.ErrSSHFxFailure, "quota exceeded: 1 MiB left"},
 		{at(&vfs.QuotaError{Files: true, Limit: 3}), sftp.ErrSSHFxFailure, "file limit reached: 3 files"},
+		{at(&vfs.TargetError{Why: "absolute link targets are not allowed"}), sftp.ErrSSHFxPermissionDenied, "permission denied: absolute link targets are not allowed: /d/x"},
 		{at(syscall.ENOTEMPTY), sftp.ErrSSHFxFailure, "directory not empty: /d/x"},
 		{at(syscall.EEXIST), sftp.ErrSSHFxFailure, "already exists: /d/x"},
 		{at(syscall.ENOENT), sftp.ErrSSHFxNoSuchFile, "no such file or directory: /d/x"},

@@ -27,6 +27,15 @@ var (
 	errInvalidName = syscall.EINVAL
 )
 
+// TargetError refuses a new symbolic link's target, saying why (but not
+// what the target was: it may be a host path). It matches ErrEscape: such
+// a target could lead outside the home.
+type TargetError struct{ Why string }
+
+func (e *TargetError) Error() string { return e.Why }
+
+func (e *TargetError) Is(target error) bool { return target == ErrEscape }
+
 // osErrEscapesText is the text of os.Root's unexported error for a path or
 // link that leaves the root; it is the only way to recognise that error.
 const osErrEscapesText = "path escapes from parent"

@@ -312,13 +312,16 @@ func (f *FS) Symlink(target, linkname string) error {
 // replaced afterwards. The rule is lexical on purpose; it needs nothing on
 // disk to hold.
 func checkTarget(target string) error {
-	if target == "" || path.IsAbs(target) || strings.IndexByte(target, 0) >= 0 {
-		return ErrEscape
-	}
-	for _, e := range strings.Split(target, "/") {
-		if e == ".." {
-			return ErrEscape
-		}
+	refuse := func(why string) error { return &TargetError{why} }
+	switch {
+	case target == "":
+		return refuse("empty link targets are not allowed")
+	case strings.IndexByte(target, 0) >= 0:
+		return refuse("link targets may not contain a NUL byte")
+	case path.IsAbs(target):
+		return refuse("absolute link targets are not allowed")
+	case slices.Contains(strings.Split(target, "/"), ".."):
+		return refuse(`link targets may not contain ".."`)
 	}
 	return nil
 }
@@ -336,8 +339,9 @@ func (f *FS) Readlink(name string) (string, error) {
 	if err != nil {
 		return "", wrap("readlink", name, err)
 	}
-	if err := checkTarget(target); err != nil {
-		return "", wrap("readlink", name, err)
+	if checkTarget(target) != nil {
+		// Not the TargetError, whose words would show the target.
+		return "", wrap("readlink", name, ErrEscape)
 	}
 	return target, nil
 }
