@@ -40,10 +40,10 @@ func (a *accounts) get(name string) *account {
 // process's descriptor limit (Go raises the soft limit to the hard one at
 // start) less a reserve, so that accepting connections, logging in and
 // reading the users file always have descriptors left.
-func fdBudget() int64 {
+func fdBudget() (limit, budget int64) {
 	var rl syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
-		return 1 << 10
+		return 0, 1 << 10
 	}
-	return max(64, int64(rl.Cur)-max(128, int64(rl.Cur)/8))
+	return int64(rl.Cur), max(64, int64(rl.Cur)-max(128, int64(rl.Cur)/8))
 }

@@ -226,3 +226,63 @@ func TestCloseAfterAFailedWrite(t *testing.T) {
 		t.Fatalf("transfer log:\n%s", ts.logs.String())
 	}
 }
+
+// Through the SFTP edge: an upload over a symbolic link that runs into the
+// quota, or is broken off, leaves the link's target byte-identical.
+func TestOverwriteThroughLinkOverSFTP(t *testing.T) {
+	ts := startServer(t)
+	ts.addQuotaUser("alice", "alice", 8<<20, 0)
+	home := ts.home("alice")
+	orig := randomBytes(6 << 20)
+	writeFile(t, filepath.Join(home, "data.bin"), orig)
+	if err := os.Symlink("data.bin", filepath.Join(home, "ln")); err != nil {
+		t.Fatal(err)
+	}
+	c := ts.rawSFTP("alice", "alice")
+	h := c.open("/ln", fxfWrite|fxfCreat|fxfTrunc)
+	if r := c.writeAll(h.str, 0, randomBytes(10<<20)); r.code != fxFailure || !strings.HasPrefix(r.msg, "quota exceeded") {
+		t.Fatalf("overwrite through the link past the quota: %+v", r)
+	}
+	c.close(h.str)
+	h = c.open("/ln", fxfWrite|fxfCreat|fxfTrunc)
+	c.writeAll(h.str, 0, randomBytes(2<<20))
+	c.sess.Close() // broken off
+	c = ts.rawSFTP("alice", "alice")
+	if got, _ := os.ReadFile(filepath.Join(home, "data.bin")); !bytes.Equal(got, orig) {
+		t.Fatalf("data.bin has %d bytes after failed overwrites through ln", len(got))
+	}
+	if fi, err := os.Lstat(filepath.Join(home, "ln")); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Fatal("ln is no longer a link")
+	}
+	if size, free := c.statvfs(); size-free != uint64(len(orig))+4096 {
+		t.Fatalf("usage %d, want %d", size-free, len(orig)+4096)
+	}
+}
+
+// A directory that is not empty cannot be removed or renamed over, and the
+// message says so (ENOTEMPTY is also EEXIST to Go).
+func TestNotEmptyDirectory(t *testing.T) {
+	ts := startServer(t)
+	ts.addUser("alice", "", "alice")
+	home := ts.home("alice")
+	writeFile(t, filepath.Join(home, "d", "f"), []byte("x"))
+	writeFile(t, filepath.Join(home, "e", "g"), []byte("y"))
+	c := ts.rawSFTP("alice", "alice")
+	if r := c.call(fxpRmdir, str("/d")); r.code != fxFailure || r.msg != "directory not empty: /d" {
+		t.Fatalf("rmdir of a non-empty directory: %+v", r)
+	}
+	if r := c.extended("posix-rename@openssh.com", str("/e"), str("/d")); r.code != fxFailure || r.msg != "directory not empty: /d" {
+		t.Fatalf("posix-rename onto a non-empty directory: %+v", r)
+	}
+	// pkg/sftp's client: fsync of an upload.
+	cl := ts.sftpClient("alice", "alice")
+	f, err := cl.Create("synced")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write([]byte("durable"))
+	if err := f.Sync(); err != nil {
+		t.Fatalf("fsync@openssh.com with pkg/sftp's client: %v", err)
+	}
+	f.Close()
+}

@@ -108,9 +108,11 @@ func New(cfg Config) (*Server, error) {
 		all:   make(map[*connState]struct{}),
 		conns: make(map[string]map[*connState]struct{}),
 
-		maxHandles: fdBudget(),
-		listeners:  make(map[net.Listener]struct{}),
+		listeners: make(map[net.Listener]struct{}),
 	}
+	var fdLimit int64
+	fdLimit, s.maxHandles = fdBudget()
+	s.log.Info("file descriptors", "limit", fdLimit, "sftp_handles", s.maxHandles)
 	s.gate = newGate(cfg.Limits, cfg.Penalties, func(src netip.Prefix, until time.Time) {
 		s.log.Warn("source blocked", "source", src.String(), "until", until.Format(time.RFC3339))
 	})
