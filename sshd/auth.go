@@ -37,6 +37,9 @@ func algorithms() gossh.Algorithms {
 func (s *Server) serverConfig(ctx gssh.Context) *gossh.ServerConfig {
 	a := &connAuth{s: s, ctx: ctx}
 	algs := algorithms()
+	if offer, ok := ctx.Value(offerKey{}).([]string); ok {
+		algs.Ciphers = offer // offer.go
+	}
 	return &gossh.ServerConfig{
 		Config: gossh.Config{
 			KeyExchanges: algs.KeyExchanges,

@@ -135,7 +135,7 @@ func (s *Server) serveConn(c net.Conn) {
 		st.mu.Lock()
 		st.fc = fc
 		st.mu.Unlock()
-		s.ssh.HandleConn(fc) // returns once the connection is closed
+		s.ssh.HandleConn(s.peek(fc)) // returns once the connection is closed
 		fc.Close()
 		<-fc.done
 	}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -128,4 +129,36 @@ func dropbearKey(t *testing.T, name string) string {
 		t.Fatalf("dropbearconvert: %v\n%s", err, b)
 	}
 	return out
+}
+
+// A default OpenSSH client is steered to AES-GCM; one that asks for a
+// cipher silo supports gets it.
+func TestCipherOffer(t *testing.T) {
+	needClient(t, "ssh")
+	ts := startServer(t)
+	ts.addUser("alice", "", "alice")
+	args, env := ts.sshArgs(auth{key: "alice"})
+	for _, tc := range []struct{ flags, want string }{
+		{"", "aes128-gcm@openssh.com"},
+		{"-c chacha20-poly1305@openssh.com", "chacha20-poly1305@openssh.com"},
+		{"-c aes256-ctr", "aes256-ctr"},
+		{"-c chacha20-poly1305@openssh.com,aes256-gcm@openssh.com", "aes256-gcm@openssh.com"},
+	} {
+		a := append(slices.Clone(args), "-v", "-p", ts.port)
+		if tc.flags != "" {
+			a = append(a, strings.Fields(tc.flags)...)
+		}
+		cmd := exec.Command("ssh", append(a, "alice@127.0.0.1", "md5sum", "/dev/null/x")...)
+		cmd.Env = env
+		out, _ := cmd.CombinedOutput()
+		got := ""
+		for _, line := range strings.Split(string(out), "\n") {
+			if _, c, ok := strings.Cut(line, "kex: client->server cipher: "); ok {
+				got = strings.Fields(c)[0]
+			}
+		}
+		if got != tc.want {
+			t.Errorf("ssh %s: cipher %q, want %q", tc.flags, got, tc.want)
+		}
+	}
 }

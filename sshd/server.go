@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -122,7 +123,8 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.ssh = &gssh.Server{
 		HostSigners:          hostSigners,
-		Version:              "silo",
+		Version:              strings.TrimPrefix(serverVersion, "SSH-2.0-"),
+		ConnCallback:         rememberOffer,
 		ServerConfigCallback: s.serverConfig,
 		// Only session channels exist; every other channel type (direct-tcpip,
 		// x11, forwarded-tcpip) is rejected as unknown.
