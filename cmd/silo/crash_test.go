@@ -36,26 +36,32 @@ func addKeyUser(t *testing.T, cfg, name string) string {
 	return keyFile
 }
 
-// TestCrashThenReput kills silo with SIGKILL in the middle of a 200 MiB
-// upload with 64 requests in flight, ten times: each time the partial file
-// must be a prefix of the data sent, and reput after a restart must make it
-// whole. `make crashtest` runs it.
-func TestCrashThenReput(t *testing.T) {
-	t.Parallel()
+// crashSetup is what both crash tests start from: a config with the user
+// alice, 200 MiB of random data in a local file, and where its upload goes.
+func crashSetup(t *testing.T) (cfg, keyFile string, data []byte, local, remote string) {
+	t.Helper()
 	if os.Getenv("SILO_CRASHTEST") == "" {
 		t.Skip("slow; run with make crashtest")
 	}
 	if _, err := exec.LookPath("sftp"); err != nil {
 		t.Fatal("needs OpenSSH's sftp")
 	}
-	cfg := writeConfig(t, testConfig)
-	dir := filepath.Dir(cfg)
-	keyFile := addKeyUser(t, cfg, "alice")
-	data := make([]byte, 200<<20)
+	cfg = writeConfig(t, testConfig)
+	keyFile = addKeyUser(t, cfg, "alice")
+	data = make([]byte, 200<<20)
 	rand.Read(data)
-	local := filepath.Join(t.TempDir(), "data")
+	local = filepath.Join(t.TempDir(), "data")
 	os.WriteFile(local, data, 0o644)
-	remote := filepath.Join(dir, "homes", "alice", "big")
+	return cfg, keyFile, data, local, filepath.Join(filepath.Dir(cfg), "homes", "alice", "big")
+}
+
+// TestCrashThenReput kills silo with SIGKILL in the middle of a 200 MiB
+// upload with 64 requests in flight, ten times: each time the partial file
+// must be a prefix of the data sent, and reput after a restart must make it
+// whole. `make crashtest` runs it.
+func TestCrashThenReput(t *testing.T) {
+	t.Parallel()
+	cfg, keyFile, data, local, remote := crashSetup(t)
 
 	sftpCmd := func(addr, batch string) *exec.Cmd {
 		port := addr[strings.LastIndexByte(addr, ':')+1:]
@@ -189,21 +195,8 @@ func (c *countingReader) Read(p []byte) (int, error) {
 // after a restart the file is a prefix of what was sent, and reput makes
 // it whole. `make crashtest` runs it.
 func TestCrashOutOfOrderThenReput(t *testing.T) {
-	if os.Getenv("SILO_CRASHTEST") == "" {
-		t.Skip("slow; run with make crashtest")
-	}
-	if _, err := exec.LookPath("sftp"); err != nil {
-		t.Fatal("needs OpenSSH's sftp")
-	}
-	cfg := writeConfig(t, testConfig)
-	dir := filepath.Dir(cfg)
+	cfg, keyFile, data, local, remote := crashSetup(t)
 	hogKey := addKeyUser(t, cfg, "hog")
-	keyFile := addKeyUser(t, cfg, "alice")
-	data := make([]byte, 200<<20)
-	rand.Read(data)
-	local := filepath.Join(t.TempDir(), "data")
-	os.WriteFile(local, data, 0o644)
-	remote := filepath.Join(dir, "homes", "alice", "big")
 	for round := range 10 {
 		os.Remove(remote)
 		s := startSilo(t, cfg)
