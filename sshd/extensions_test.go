@@ -99,11 +99,18 @@ func TestExtensionsPacketLevel(t *testing.T) {
 	if r := c.extended("fsync@openssh.com", str(w.str)); r.typ != fxpStatus || r.code != 0 {
 		t.Fatalf("fsync: %+v", r)
 	}
-	if r := c.extended("fstatvfs@openssh.com", str(h.str)); r.typ != 201 || len(r.body) != 88 {
+	r := c.extended("fstatvfs@openssh.com", str(h.str))
+	if r.typ != 201 || len(r.body) != 88 {
 		t.Fatalf("fstatvfs: %+v", r)
 	}
+	// Nothing of the host's: no filesystem id or mount flags, and the
+	// account's entries (no file limit) as the file counts.
+	field := func(i int) uint64 { return binary.BigEndian.Uint64(r.body[8*i:]) }
+	if fsid, flag, files, ffree := field(8), field(9), field(5), field(6); fsid != 0 || flag != 0 || files-ffree != 2 {
+		t.Fatalf("fstatvfs: fsid %x, flag %x, files %d, free %d", fsid, flag, files, ffree)
+	}
 	ids := append(u32(1000), u32(0)...)
-	r := c.extended("users-groups-by-id@openssh.com", str(string(ids)), str(string(u32(1000))))
+	r = c.extended("users-groups-by-id@openssh.com", str(string(ids)), str(string(u32(1000))))
 	if r.typ != 201 {
 		t.Fatalf("users-groups-by-id: %+v", r)
 	}

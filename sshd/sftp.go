@@ -1,10 +1,11 @@
 package sshd
 
-// The SFTP subsystem, in two files. This one is the pkg/sftp adapter: it
-// turns SFTP requests (draft-ietf-secsh-filexfer-02) into vfs calls, and vfs
-// errors into SFTP status codes with a short message that names only
-// virtual paths. sftpstream.go is the packet layer between the channel and
-// pkg/sftp, for what pkg/sftp does not do.
+// The SFTP subsystem. This file is the pkg/sftp adapter: it turns SFTP
+// requests (draft-ietf-secsh-filexfer-02) into vfs calls, and vfs errors
+// into SFTP status codes with a short message that names only virtual
+// paths. sftpstream.go is the packet layer between the channel and
+// pkg/sftp, for what pkg/sftp does not do (its comment says what and why);
+// sftpext.go answers the extensions pkg/sftp does not know.
 
 import (
 	"context"
