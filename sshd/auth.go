@@ -2,6 +2,7 @@ package sshd
 
 import (
 	"errors"
+	"io"
 	"slices"
 
 	gssh "github.com/gliderlabs/ssh"
@@ -150,7 +151,7 @@ func (a *connAuth) verifiedKey(c gossh.ConnMetadata, key gossh.PublicKey, p *gos
 // worth a line.
 func (a *connAuth) logAttempt(c gossh.ConnMetadata, method string, err error) {
 	attrs := []any{"remote", c.RemoteAddr().String(), "user", c.User(), "method", method}
-	if err != nil && method != "none" && !errors.Is(err, errTooManyConns) {
+	if err != nil && method != "none" && !errors.Is(err, errTooManyConns) && !errors.Is(err, io.EOF) {
 		stateOf(c).failedAttempt(err)
 	}
 	switch {
@@ -158,6 +159,11 @@ func (a *connAuth) logAttempt(c gossh.ConnMetadata, method string, err error) {
 		a.s.log.Info("login", attrs...)
 	case method == "none" && errors.Is(err, errNone):
 		a.s.log.Debug("login method none refused", attrs...)
+	case errors.Is(err, io.EOF):
+		// The client went away during a keyboard-interactive prompt: no
+		// credential was refused, and the failure that made it give up
+		// has its own line already.
+		a.s.log.Debug("login abandoned", attrs...)
 	default:
 		a.s.log.Warn("login failed", append(attrs, "reason", err.Error())...)
 	}
