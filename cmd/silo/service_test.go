@@ -39,10 +39,10 @@ func needClient(t *testing.T, name string) string {
 	return p
 }
 
-// keyLogin logs in with the private key in keyFile and asks for the working
+// keyLogin logs in with key and asks for the working
 // directory over SFTP: a login that reached a served session.
-func keyLogin(addr, user string, signer ssh.Signer) error {
-	c, err := dialSilo(addr, user, ssh.InsecureIgnoreHostKey(), ssh.PublicKeys(signer))
+func keyLogin(addr, user string, key ssh.AuthMethod) error {
+	c, err := dialSilo(addr, user, ssh.InsecureIgnoreHostKey(), key)
 	if err != nil {
 		return err
 	}
@@ -54,19 +54,6 @@ func keyLogin(addr, user string, signer ssh.Signer) error {
 	defer sc.Close()
 	_, err = sc.Getwd()
 	return err
-}
-
-func signerFromFile(t *testing.T, keyFile string) ssh.Signer {
-	t.Helper()
-	pem, err := os.ReadFile(keyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ssh.ParsePrivateKey(pem)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
 }
 
 // systemd-socket-activate passes a listening socket to silo serve, which
@@ -151,7 +138,7 @@ func TestUpgradeKeepsTransfersAndLogins(t *testing.T) {
 	cfg := writeConfig(t, "shutdown_grace = \"10m\"\n"+testConfig)
 	dir := filepath.Dir(cfg)
 	keyFile := addKeyUser(t, cfg, "alice")
-	signer := signerFromFile(t, keyFile)
+	key := keyAuth(t, keyFile)
 
 	data := make([]byte, 400<<20)
 	rand.Read(data)
@@ -184,7 +171,7 @@ func TestUpgradeKeepsTransfersAndLogins(t *testing.T) {
 				return
 			case <-tick.C:
 			}
-			if err := keyLogin(old.addr, "alice", signer); err != nil {
+			if err := keyLogin(old.addr, "alice", key); err != nil {
 				failed.Add(1)
 				mu.Lock()
 				failures = append(failures, fmt.Sprintf("%s: %v", time.Now().Format("15:04:05.000"), err))
@@ -250,7 +237,7 @@ func TestUpgradeKeepsTransfersAndLogins(t *testing.T) {
 	}
 	old.log.waitFor(t, regexp.MustCompile(fmt.Sprintf(`msg=stopped pid=%d`, oldPid)), time.Second)
 	after := logins.Load()
-	if err := keyLogin(old.addr, "alice", signer); err != nil {
+	if err := keyLogin(old.addr, "alice", key); err != nil {
 		t.Fatalf("login after the old process exited: %v", err)
 	}
 	close(stop)
@@ -309,7 +296,7 @@ func TestUpgradeToBrokenBinaryKeepsServing(t *testing.T) {
 	os.Rename(bin+".new", bin)
 	s.cmd.Process.Signal(syscall.SIGUSR2)
 	s.log.waitFor(t, regexp.MustCompile(`upgrade failed; this process goes on serving.*exit status 3`), time.Minute)
-	if err := keyLogin(s.addr, "alice", signerFromFile(t, keyFile)); err != nil {
+	if err := keyLogin(s.addr, "alice", keyAuth(t, keyFile)); err != nil {
 		t.Fatalf("login after a failed upgrade: %v", err)
 	}
 }
@@ -374,13 +361,13 @@ func TestEnvironmentOverridesConfig(t *testing.T) {
 	if strings.HasSuffix(s.addr, ":1") || !strings.Contains(s.log.String(), `"msg":"listening on `) {
 		t.Fatalf("SILO_LISTEN or SILO_LOG_FORMAT not applied: %s\n%s", s.addr, s.log)
 	}
-	signer := signerFromFile(t, keyFile)
-	c, err := dialSilo(s.addr, "alice", ssh.InsecureIgnoreHostKey(), ssh.PublicKeys(signer))
+	key := keyAuth(t, keyFile)
+	c, err := dialSilo(s.addr, "alice", ssh.InsecureIgnoreHostKey(), key)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if err := keyLogin(s.addr, "alice", signer); err == nil {
+	if err := keyLogin(s.addr, "alice", key); err == nil {
 		t.Fatal("a second connection was accepted with SILO_LIMITS_MAX_CONNECTIONS_PER_USER=1")
 	}
 
