@@ -158,20 +158,23 @@ func (f *File) Find(name string) int {
 	return -1
 }
 
-// Validate checks every user and that names are unique.
+// Validate checks every user and that names are unique; its error lists
+// each bad record.
 func (f *File) Validate() error {
+	var errs []error
 	seen := make(map[string]bool, len(f.Users))
 	for i := range f.Users {
 		u := &f.Users[i]
 		if err := u.Validate(); err != nil {
-			return err
+			errs = append(errs, err)
+			continue
 		}
 		if seen[u.Name] {
-			return fmt.Errorf("user %s appears twice", u.Name)
+			errs = append(errs, fmt.Errorf("user %s appears twice", u.Name))
 		}
 		seen[u.Name] = true
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // Parse decodes and validates a users file. Unknown keys are errors, so that
@@ -182,11 +185,15 @@ func Parse(data []byte) (*File, error) {
 	if err != nil {
 		return nil, err
 	}
-	if und := md.Undecoded(); len(und) > 0 {
-		return nil, fmt.Errorf("unknown key %q", und[0].String())
+	var errs []error
+	for _, k := range md.Undecoded() {
+		errs = append(errs, fmt.Errorf("unknown key %q", k.String()))
 	}
 	if err := f.Validate(); err != nil {
-		return nil, err
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
 	}
 	return &f, nil
 }

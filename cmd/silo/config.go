@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -45,62 +46,86 @@ func defaultConfig() Config {
 	}
 }
 
-// loadConfig reads path over the defaults, refuses unknown keys, validates
-// and resolves relative paths against the config file's directory.
+// loadConfig reads path over the defaults and the SILO_* environment over
+// that, validates, and resolves relative paths against the config file's
+// directory. Its error lists every problem found.
 func loadConfig(path string) (Config, error) {
+	c, errs := readConfig(path, os.Environ())
+	return c, errors.Join(errs...)
+}
+
+// readConfig is loadConfig returning each problem as its own error: a
+// syntax error stops the reading, unknown keys and bad values do not.
+func readConfig(path string, environ []string) (Config, []error) {
 	c := defaultConfig()
 	md, err := toml.DecodeFile(path, &c)
 	if err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
 			if pe.LastKey != "" {
-				return c, fmt.Errorf("%s: %s: %s\n%s", path, pe.LastKey, pe.Message, pe.ErrorWithPosition())
+				return c, []error{fmt.Errorf("%s: %s: %s\n%s", path, pe.LastKey, pe.Message, pe.ErrorWithPosition())}
 			}
-			return c, fmt.Errorf("%s: %s", path, pe.ErrorWithPosition())
+			return c, []error{fmt.Errorf("%s: %s", path, pe.ErrorWithPosition())}
 		}
-		return c, fmt.Errorf("%s: %w", path, err)
+		return c, []error{fmt.Errorf("%s: %w", path, err)}
 	}
-	if und := md.Undecoded(); len(und) > 0 {
-		return c, fmt.Errorf("%s: unknown key %q", path, und[0].String())
+	var errs []error
+	for _, k := range md.Undecoded() {
+		errs = append(errs, fmt.Errorf("%s: unknown key %q", path, k.String()))
+	}
+	for _, err := range applyEnv(&c, environ) {
+		errs = append(errs, fmt.Errorf("environment: %w", err))
 	}
 	if err := c.Validate(); err != nil {
-		return c, fmt.Errorf("%s: %w", path, err)
+		for _, e := range unjoin(err) {
+			errs = append(errs, fmt.Errorf("%s: %w", path, e))
+		}
 	}
 	abs, err := filepath.Abs(path)
 	if err != nil {
-		return c, err
+		return c, append(errs, err)
 	}
 	dir := filepath.Dir(abs)
 	for _, p := range []*string{&c.Homes, &c.HostKeys, &c.Users} {
-		if !filepath.IsAbs(*p) {
+		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(dir, *p)
 		}
 	}
-	return c, nil
+	return c, errs
 }
 
-// Validate checks every value and names the key of the first bad one.
+// unjoin splits an errors.Join result into its parts.
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
+}
+
+// Validate checks every value; its error names the key of each bad one.
 func (c *Config) Validate() error {
-	host, port, err := net.SplitHostPort(c.Listen)
-	if err != nil {
-		return fmt.Errorf("listen: %q is not HOST:PORT: %v", c.Listen, err)
-	}
-	if n, err := strconv.ParseUint(port, 10, 16); err != nil || (n == 0 && port != "0") {
-		return fmt.Errorf("listen: bad port %q", port)
-	}
-	if host != "" && net.ParseIP(host) == nil && host != "localhost" {
-		return fmt.Errorf("listen: %q is not an IP address", host)
+	var errs []error
+	fail := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if host, port, err := net.SplitHostPort(c.Listen); err != nil {
+		fail("listen: %q is not HOST:PORT: %v", c.Listen, err)
+	} else {
+		if n, err := strconv.ParseUint(port, 10, 16); err != nil || (n == 0 && port != "0") {
+			fail("listen: bad port %q", port)
+		}
+		if host != "" && net.ParseIP(host) == nil && host != "localhost" {
+			fail("listen: %q is not an IP address", host)
+		}
 	}
 	for _, kv := range [][2]string{{"homes", c.Homes}, {"host_keys", c.HostKeys}, {"users", c.Users}} {
 		if kv[1] == "" {
-			return fmt.Errorf("%s: must not be empty", kv[0])
+			fail("%s: must not be empty", kv[0])
 		}
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
-		return fmt.Errorf("log_format: %q is neither \"text\" nor \"json\"", c.LogFormat)
+		fail("log_format: %q is neither \"text\" nor \"json\"", c.LogFormat)
 	}
 	if _, err := parseLevel(c.LogLevel); err != nil {
-		return fmt.Errorf("log_level: %v", err)
+		fail("log_level: %v", err)
 	}
 	l, p := c.Limits, c.Penalties
 	for _, kv := range []struct {
@@ -117,7 +142,7 @@ func (c *Config) Validate() error {
 		{"penalties.max", p.Max >= p.Min},
 	} {
 		if !kv.ok {
-			return fmt.Errorf("%s: value out of range", kv.key)
+			fail("%s: value out of range", kv.key)
 		}
 	}
 	// TOML integers decode into a time.Duration as nanoseconds: a bare
@@ -139,10 +164,10 @@ func (c *Config) Validate() error {
 		{"penalties.max", p.Max, false},
 	} {
 		if d.v < 0 || d.v > 0 && d.v < time.Millisecond || d.positive && d.v == 0 {
-			return fmt.Errorf("%s: %v is not a duration such as \"30s\" or \"15m\" (0 turns it off where allowed)", d.key, d.v)
+			fail("%s: %v is not a duration such as \"30s\" or \"15m\" (0 turns it off where allowed)", d.key, d.v)
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // parseLevel reads log_level.

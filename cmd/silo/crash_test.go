@@ -25,13 +25,21 @@ import (
 // the private key's file.
 func addKeyUser(t *testing.T, cfg, name string) string {
 	t.Helper()
+	return addKeyUserWith(t, siloBin, cfg, name)
+}
+
+// addKeyUserWith is addKeyUser with the silo binary bin; the key file is in
+// a directory of the test's own.
+func addKeyUserWith(t *testing.T, bin, cfg, name string) string {
+	t.Helper()
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
 	block, _ := ssh.MarshalPrivateKey(priv, name)
-	keyFile := filepath.Join(filepath.Dir(cfg), "id_"+name)
+	keyFile := filepath.Join(t.TempDir(), "id_"+name)
 	os.WriteFile(keyFile, pem.EncodeToMemory(block), 0o600)
 	signer, _ := ssh.NewSignerFromKey(priv)
-	if _, stderr, code := silo(t, "", "user", "add", name, "--key", string(ssh.MarshalAuthorizedKey(signer.PublicKey())), "--config", cfg); code != 0 {
-		t.Fatal(stderr)
+	cmd := exec.Command(bin, "user", "add", name, "--key", string(ssh.MarshalAuthorizedKey(signer.PublicKey())), "--config", cfg)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("user add %s: %v\n%s", name, err, out)
 	}
 	return keyFile
 }
@@ -123,7 +131,9 @@ func TestSIGTERMLetsUploadFinish(t *testing.T) {
 	if testing.Short() {
 		t.Skip("slow")
 	}
-	cfg := writeConfig(t, testConfig)
+	// A grace no loaded machine runs out of: the upload, not the clock,
+	// decides when silo exits.
+	cfg := writeConfig(t, "shutdown_grace = \"10m\"\n"+testConfig)
 	dir := filepath.Dir(cfg)
 	keyFile := addKeyUser(t, cfg, "alice")
 	data := make([]byte, 400<<20)

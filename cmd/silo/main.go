@@ -2,6 +2,7 @@
 // jailed in its home under a quota.
 //
 //	silo serve [--config FILE]
+//	silo check-config [--config FILE]
 //	silo user add|passwd|del|list|show ...
 //	silo version
 package main
@@ -17,20 +18,23 @@ import (
 	"strings"
 )
 
-// version is set at build time (-ldflags "-X main.version=..."); otherwise it
-// comes from the module's build information.
-var version = ""
+// version and commit are set at build time (make build: -ldflags "-X
+// main.version=... -X main.commit=..."); otherwise they come from the
+// module's build information.
+var version, commit = "", ""
 
 const usage = `usage:
   silo serve [--config FILE]
+  silo check-config [--config FILE]
   silo user add NAME [--password-stdin] [--key KEY]... [--quota SIZE] [--max-files N] [--home DIR]
-  silo user passwd NAME --password-stdin
+  silo user passwd NAME [--password-stdin]
   silo user del NAME
   silo user list
   silo user show NAME
   silo user rescan NAME
   silo version
-Every command takes --config FILE (default ./config.toml).
+Every command takes --config FILE (default ./config.toml). SILO_* environment
+variables override config keys (SILO_LISTEN, SILO_LIMITS_MAX_SESSIONS, ...).
 `
 
 // errUsage marks a command-line mistake: exit status 2 and the usage text.
@@ -72,14 +76,30 @@ func dispatch(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		if len(args) < 2 {
 			return errUsage
 		}
-		return userCmd(args[1], args[2:], stdin, stdout)
+		return userCmd(args[1], args[2:], stdin, stdout, stderr)
 	case "version":
-		fmt.Fprintf(stdout, "silo %s (%s)\n", versionString(), runtime.Version())
+		fmt.Fprintf(stdout, "silo %s\ncommit %s\n%s\n", versionString(), commitString(), runtime.Version())
 		return nil
+	case "check-config":
+		return checkConfig(args[1:], stdout)
 	case "help", "-h", "--help":
 		return flag.ErrHelp
 	}
 	return fmt.Errorf("%w: unknown command %q", errUsage, args[0])
+}
+
+func commitString() string {
+	if commit != "" {
+		return commit
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				return s.Value
+			}
+		}
+	}
+	return "unknown"
 }
 
 func versionString() string {

@@ -8,12 +8,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -180,7 +180,7 @@ func TestUserCommands(t *testing.T) {
 	}{
 		"duplicate":      {"x\n", []string{"user", "add", "alice", "--password-stdin"}, 1, "already exists"},
 		"bad name":       {"x\n", []string{"user", "add", "../etc", "--password-stdin"}, 1, "invalid user name"},
-		"no credential":  {"", []string{"user", "add", "carol"}, 1, "--password-stdin or --key"},
+		"no credential":  {"", []string{"user", "add", "carol"}, 1, "--password-stdin) or --key"},
 		"empty password": {"\n", []string{"user", "add", "carol", "--password-stdin"}, 1, "empty password"},
 		"long password":  {strings.Repeat("x", 1025) + "\n", []string{"user", "add", "carol", "--password-stdin"}, 1, "longer than 1024"},
 		"bad quota":      {"x\n", []string{"user", "add", "carol", "--password-stdin", "--quota", "lots"}, 1, "--quota"},
@@ -189,7 +189,7 @@ func TestUserCommands(t *testing.T) {
 		"unknown flag":   {"", []string{"user", "add", "carol", "--shell", "/bin/sh"}, 2, "shell"},
 		"extra arg":      {"", []string{"user", "del", "alice", "bob"}, 2, "argument"},
 		"del unknown":    {"", []string{"user", "del", "nobody"}, 1, "no user nobody"},
-		"passwd no flag": {"x\n", []string{"user", "passwd", "alice"}, 2, "--password-stdin"},
+		"passwd no tty":  {"x\n", []string{"user", "passwd", "alice"}, 2, "--password-stdin"},
 		"unknown cmd":    {"", []string{"user", "frob"}, 2, "frob"},
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -224,7 +224,8 @@ func TestUserCommands(t *testing.T) {
 	if out, _, _ := silo(t, "", "user", "list", "--config", cfg); strings.Contains(out, "alice") {
 		t.Fatalf("alice still listed:\n%s", out)
 	}
-	if out, _, code := silo(t, "", "version"); code != 0 || !strings.HasPrefix(out, "silo ") {
+	if out, _, code := silo(t, "", "version"); code != 0 || !strings.HasPrefix(out, "silo ") ||
+		!strings.Contains(out, "\ncommit ") || !strings.HasSuffix(out, "\n"+runtime.Version()+"\n") {
 		t.Fatalf("version: %d %q", code, out)
 	}
 }
@@ -234,7 +235,7 @@ type server struct {
 	cmd    *exec.Cmd
 	copied chan struct{} // closed when the log has been read to its end
 	addr   string
-	log    *lockedBuffer // everything after "listening on"
+	log    *lockedBuffer // everything from the first "listening on"
 	keys   []string      // host key fingerprints it logged
 }
 
@@ -247,16 +248,23 @@ func startSilo(t *testing.T, cfg string) *server {
 }
 
 // startSiloCmd starts silo with a command line of the caller's (a limit
-// set first, say).
+// set first, say). The log is a pipe of its own, not exec's copy, so that a
+// process silo starts in its place (an upgrade) keeps writing to it after
+// silo exits: it is read to its end when every writer has ended.
 func startSiloCmd(t *testing.T, cmd *exec.Cmd) *server {
 	t.Helper()
-	stderr, _ := cmd.StderrPipe()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = w
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	w.Close()
 	copied := make(chan struct{})
 	s := &server{cmd: cmd, log: &lockedBuffer{}, copied: copied}
-	sc := bufio.NewScanner(stderr)
+	sc := bufio.NewScanner(r)
 	ready := make(chan error, 1)
 	// The process is killed and waited for, after its log has been read to
 	// the end (the log goes to the test's output too, shown on failure).
@@ -267,22 +275,24 @@ func startSiloCmd(t *testing.T, cmd *exec.Cmd) *server {
 	out := t.Output()
 	go func() {
 		defer close(copied)
+		defer r.Close()
 		for sc.Scan() {
 			line := sc.Text()
 			fmt.Fprintln(out, line)
-			if m := fpRE.FindStringSubmatch(line); m != nil {
+			if m := fpRE.FindStringSubmatch(line); m != nil && s.addr == "" {
 				s.keys = append(s.keys, m[1])
 			}
 			if m := listenRE.FindStringSubmatch(line + " "); m != nil && s.addr == "" {
 				s.addr = m[1]
 				ready <- nil
-				break
+			}
+			if s.addr != "" {
+				s.log.Write([]byte(line + "\n"))
 			}
 		}
 		if s.addr == "" {
 			ready <- errors.New("silo exited before listening")
 		}
-		io.Copy(io.MultiWriter(out, s.log), stderr)
 	}()
 	select {
 	case err := <-ready:
@@ -329,22 +339,36 @@ func (l *lockedBuffer) count(s string) int { return strings.Count(l.String(), s)
 // process; the bound is for a test that would hang, not a speed limit.
 func (l *lockedBuffer) waitCount(t *testing.T, s string, n int) {
 	t.Helper()
+	l.waitUntil(t, fmt.Sprintf("%q %d times", s, n), 2*time.Minute, func(log string) bool { return strings.Count(log, s) >= n })
+}
+
+// waitFor waits until re matches the log, and returns the match.
+func (l *lockedBuffer) waitFor(t *testing.T, re *regexp.Regexp, timeout time.Duration) []string {
+	t.Helper()
+	var m []string
+	l.waitUntil(t, re.String(), timeout, func(log string) bool { m = re.FindStringSubmatch(log); return m != nil })
+	return m
+}
+
+// waitUntil waits until ok holds for the log, at most timeout.
+func (l *lockedBuffer) waitUntil(t *testing.T, what string, timeout time.Duration, ok func(string) bool) {
+	t.Helper()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.cond == nil {
 		l.cond = sync.NewCond(&l.mu)
 	}
 	expired := false
-	timer := time.AfterFunc(2*time.Minute, func() {
+	timer := time.AfterFunc(timeout, func() {
 		l.mu.Lock()
 		expired = true
 		l.cond.Broadcast()
 		l.mu.Unlock()
 	})
 	defer timer.Stop()
-	for strings.Count(l.b.String(), s) < n {
+	for !ok(l.b.String()) {
 		if expired {
-			t.Fatalf("the log never showed %q %d times:\n%s", s, n, l.b.String())
+			t.Fatalf("the log never showed %s:\n%s", what, l.b.String())
 		}
 		l.cond.Wait()
 	}

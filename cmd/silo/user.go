@@ -7,11 +7,14 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/term"
 
 	"silo/internal/human"
 	"silo/users"
@@ -24,7 +27,7 @@ type stringList []string
 func (l *stringList) String() string     { return strings.Join(*l, ",") }
 func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
 
-func userCmd(sub string, args []string, stdin io.Reader, stdout io.Writer) error {
+func userCmd(sub string, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("user "+sub, flag.ContinueOnError)
 	configPath := fs.String("config", "config.toml", "configuration file")
 	var (
@@ -57,8 +60,20 @@ func userCmd(sub string, args []string, stdin io.Reader, stdout io.Writer) error
 	if len(pos) != nargs {
 		return fmt.Errorf("%w: user %s takes %d argument(s), got %d", errUsage, sub, nargs, len(pos))
 	}
+	// Key files are read with the caller's rights, before becomeOwner.
+	var keyLines []string
+	for _, k := range keys {
+		lines, err := readKeys(k)
+		if err != nil {
+			return fmt.Errorf("--key %s: %w", k, err)
+		}
+		keyLines = append(keyLines, lines...)
+	}
 	cfg, err := loadConfig(*configPath)
 	if err != nil {
+		return err
+	}
+	if err := becomeOwner(filepath.Dir(cfg.Users)); err != nil {
 		return err
 	}
 	var name string
@@ -77,20 +92,19 @@ func userCmd(sub string, args []string, stdin io.Reader, stdout io.Writer) error
 				return fmt.Errorf("--quota: %w", err)
 			}
 		}
-		for _, k := range keys {
-			lines, err := readKeys(k)
-			if err != nil {
-				return fmt.Errorf("--key %s: %w", k, err)
-			}
-			u.Keys = append(u.Keys, lines...)
-		}
-		if *pwStdin {
+		u.Keys = keyLines
+		switch {
+		case *pwStdin:
 			if u.Password, err = passwordFromStdin(stdin); err != nil {
+				return err
+			}
+		case len(u.Keys) == 0 && isTerminal(stdin):
+			if u.Password, err = passwordFromTerminal(stdin, stderr); err != nil {
 				return err
 			}
 		}
 		if u.Password == "" && len(u.Keys) == 0 {
-			return errors.New("a user needs --password-stdin or --key to log in")
+			return errors.New("a user needs a password (typed on a terminal, or --password-stdin) or --key to log in")
 		}
 		if err := users.Update(cfg.Users, func(f *users.File) error {
 			if f.Find(name) >= 0 {
@@ -103,10 +117,15 @@ func userCmd(sub string, args []string, stdin io.Reader, stdout io.Writer) error
 		}
 		fmt.Fprintf(stdout, "added user %s\n", name)
 	case "passwd":
-		if !*pwStdin {
-			return fmt.Errorf("%w: user passwd needs --password-stdin", errUsage)
+		var h string
+		switch {
+		case *pwStdin:
+			h, err = passwordFromStdin(stdin)
+		case isTerminal(stdin):
+			h, err = passwordFromTerminal(stdin, stderr)
+		default:
+			return fmt.Errorf("%w: user passwd needs a terminal or --password-stdin", errUsage)
 		}
-		h, err := passwordFromStdin(stdin)
 		if err != nil {
 			return err
 		}
@@ -200,6 +219,70 @@ func passwordFromStdin(stdin io.Reader) (string, error) {
 	pw := strings.TrimRight(line, "\r\n")
 	if pw == "" {
 		return "", errors.New("empty password")
+	}
+	return users.HashPassword(pw)
+}
+
+// becomeOwner makes root the owner of the users file's directory (the silo
+// user of the Debian package) before the file is written, so that `silo user
+// add` run as root leaves a users file the server can still read and
+// rewrite. Anyone else stays who they are.
+func becomeOwner(dir string) error {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return nil // created as root, as before
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	if st.Uid == 0 {
+		return nil
+	}
+	// Go applies these to every thread of the process.
+	if err := syscall.Setgroups(nil); err != nil {
+		return err
+	}
+	if err := syscall.Setgid(int(st.Gid)); err != nil {
+		return err
+	}
+	if err := syscall.Setuid(int(st.Uid)); err != nil {
+		return err
+	}
+	return nil
+}
+
+func isTerminal(r io.Reader) bool {
+	f, ok := r.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// passwordFromTerminal asks for the password twice without echo, as passwd
+// does, and returns its hash.
+func passwordFromTerminal(stdin io.Reader, prompt io.Writer) (string, error) {
+	fd := int(stdin.(*os.File).Fd())
+	read := func(p string) (string, error) {
+		fmt.Fprint(prompt, p)
+		pw, err := term.ReadPassword(fd)
+		fmt.Fprintln(prompt)
+		if err != nil {
+			return "", fmt.Errorf("reading password: %w", err)
+		}
+		return string(pw), nil
+	}
+	pw, err := read("New password: ")
+	if err != nil {
+		return "", err
+	}
+	if pw == "" {
+		return "", errors.New("empty password")
+	}
+	again, err := read("Retype new password: ")
+	if err != nil {
+		return "", err
+	}
+	if again != pw {
+		return "", errors.New("passwords do not match")
 	}
 	return users.HashPassword(pw)
 }
