@@ -282,12 +282,15 @@ func startSiloCmd(t *testing.T, cmd *exec.Cmd) *server {
 			if m := fpRE.FindStringSubmatch(line); m != nil && s.addr == "" {
 				s.keys = append(s.keys, m[1])
 			}
+			first := false
 			if m := listenRE.FindStringSubmatch(line + " "); m != nil && s.addr == "" {
-				s.addr = m[1]
-				ready <- nil
+				s.addr, first = m[1], true
 			}
 			if s.addr != "" {
 				s.log.Write([]byte(line + "\n"))
+			}
+			if first {
+				ready <- nil // with the listening line in the log
 			}
 		}
 		if s.addr == "" {
