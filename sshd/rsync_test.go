@@ -1,0 +1,197 @@
+package sshd_test
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// rsyncCmd runs the stock rsync client against the server, over OpenSSH's
+// ssh with the test's key; it returns the combined output and the exit
+// status.
+func (ts *testServer) rsyncCmd(key string, args ...string) (string, int) {
+	ts.t.Helper()
+	cmd := ts.rsyncExec(key, args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return out.String(), ee.ExitCode()
+	} else if err != nil {
+		ts.t.Fatal(err)
+	}
+	return out.String(), 0
+}
+
+func (ts *testServer) rsyncExec(key string, args ...string) *exec.Cmd {
+	ts.t.Helper()
+	needClient(ts.t, "rsync", "ssh")
+	base, env := ts.sshArgs(auth{key: key})
+	e := "ssh -p " + ts.port + " " + strings.Join(base, " ")
+	cmd := exec.Command("rsync", append([]string{"-e", e}, args...)...)
+	cmd.Env = env
+	return cmd
+}
+
+// fixedTime is the mtime of the test trees' entries.
+var fixedTime = time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC)
+
+// makeTree builds the tree of the rsync tests under dir: nested and empty
+// directories, an empty file, a big file, names with spaces and UTF-8,
+// and symbolic links inside the tree. Everything has a fixed mtime.
+func makeTree(t *testing.T, dir string, big int) {
+	t.Helper()
+	files := map[string][]byte{
+		"empty":                  nil,
+		"small.txt":              []byte("hello\n"),
+		"exec.sh":                []byte("#!/bin/sh\n"),
+		"a/b/c/deep.txt":         []byte(strings.Repeat("deep ", 1000)),
+		"a-b/x":                  []byte("a-b"),
+		"a.b/y":                  []byte("a.b"),
+		"dir with space/f g":     []byte("space"),
+		"ünï/ファイル":               []byte("utf-8"),
+		"mid.bin":                randomBytes(300 << 10),
+		"x/we$ird ;name*?[x]":    []byte("weird"),
+		"private/secret.txt":     []byte("0700 dir"),
+		"big.bin":                randomBytes(big),
+		"a/b/other/more/e.txt":   []byte("e"),
+		"emptydir/.keep-nothing": nil,
+	}
+	for name, data := range files {
+		writeFile(t, filepath.Join(dir, name), data)
+	}
+	os.Remove(filepath.Join(dir, "emptydir/.keep-nothing"))
+	os.Chmod(filepath.Join(dir, "exec.sh"), 0o755)
+	os.Chmod(filepath.Join(dir, "private"), 0o700)
+	for link, target := range map[string]string{"link-small": "small.txt", "a/b/up": "../../a-b/x", "dangling": "nowhere"} {
+		if err := os.Symlink(target, filepath.Join(dir, link)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setTimes(t, dir)
+}
+
+// setTimes gives every entry under dir the fixed mtime, links included.
+func setTimes(t *testing.T, dir string) {
+	t.Helper()
+	var all []string
+	filepath.Walk(dir, func(p string, fi fs.FileInfo, err error) error {
+		all = append(all, p)
+		return nil
+	})
+	for i := len(all) - 1; i >= 0; i-- {
+		exec.Command("touch", "-h", "-d", fixedTime.Format(time.RFC3339), all[i]).Run()
+	}
+}
+
+// listing describes a tree: per entry its type, mode, mtime, size and a
+// hash of its content (or its link target).
+func listing(t *testing.T, dir string, withDirTimes bool) string {
+	t.Helper()
+	var lines []string
+	filepath.Walk(dir, func(p string, fi fs.FileInfo, err error) error {
+		if err != nil {
+			t.Fatal(err)
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if rel == "." {
+			return nil
+		}
+		var what string
+		switch {
+		case fi.Mode()&fs.ModeSymlink != 0:
+			target, _ := os.Readlink(p)
+			what = "link " + target
+		case fi.IsDir():
+			what = fmt.Sprintf("dir %o", fi.Mode().Perm())
+			if withDirTimes {
+				what += " " + strconv.FormatInt(fi.ModTime().Unix(), 10)
+			}
+		default:
+			data, _ := os.ReadFile(p)
+			what = fmt.Sprintf("file %o %d %d %x", fi.Mode().Perm(), fi.ModTime().Unix(), fi.Size(), sha256.Sum256(data))
+		}
+		lines = append(lines, rel+": "+what)
+		return nil
+	})
+	sort.Strings(lines)
+	return strings.Join(lines, "\n")
+}
+
+// sameTree fails unless got and want hold the same entries, by diff -r
+// and by the listing.
+func sameTree(t *testing.T, want, got string) {
+	t.Helper()
+	if out, err := exec.Command("diff", "-r", "--no-dereference", want, got).CombinedOutput(); err != nil {
+		t.Errorf("diff -r %s %s: %v\n%s", want, got, err, out)
+	}
+	if w, g := listing(t, want, true), listing(t, got, true); w != g {
+		t.Errorf("listings differ:\nwant:\n%s\ngot:\n%s", w, g)
+	}
+}
+
+var literalRE = regexp.MustCompile(`Literal data: ([0-9,]+) bytes`)
+
+// literalBytes reads --stats' "Literal data" figure.
+func literalBytes(t *testing.T, out string) int64 {
+	t.Helper()
+	m := literalRE.FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no literal data figure in:\n%s", out)
+	}
+	n, _ := strconv.ParseInt(strings.ReplaceAll(m[1], ",", ""), 10, 64)
+	return n
+}
+
+func TestRsyncPushPull(t *testing.T) {
+	ts := startServer(t)
+	ts.addUser("alice", "", "alice")
+	home := ts.home("alice")
+	src := filepath.Join(t.TempDir(), "src")
+	makeTree(t, src, 20<<20)
+	remote := "alice@127.0.0.1:"
+
+	for _, proto := range []string{"", "--protocol=29", "--protocol=27"} {
+		t.Run("proto"+proto, func(t *testing.T) {
+			dst := "dst" + strings.TrimPrefix(proto, "--protocol=")
+			args := []string{"-a", "--stats"}
+			if proto != "" {
+				args = append(args, proto)
+			}
+			out, code := ts.rsyncCmd("alice", append(args, src+"/", remote+dst+"/")...)
+			if code != 0 {
+				t.Fatalf("push: exit %d\n%s", code, out)
+			}
+			sameTree(t, src, filepath.Join(home, dst))
+
+			back := filepath.Join(t.TempDir(), "back")
+			out, code = ts.rsyncCmd("alice", append(args, remote+dst+"/", back+"/")...)
+			if code != 0 {
+				t.Fatalf("pull: exit %d\n%s", code, out)
+			}
+			sameTree(t, src, back)
+
+			// A second run sends nothing.
+			out, code = ts.rsyncCmd("alice", append(args, src+"/", remote+dst+"/")...)
+			if code != 0 || literalBytes(t, out) != 0 {
+				t.Fatalf("second push: exit %d, want 0 literal bytes\n%s", code, out)
+			}
+			out, code = ts.rsyncCmd("alice", append(args, remote+dst+"/", back+"/")...)
+			if code != 0 || literalBytes(t, out) != 0 {
+				t.Fatalf("second pull: exit %d, want 0 literal bytes\n%s", code, out)
+			}
+		})
+	}
+}
