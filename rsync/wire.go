@@ -431,7 +431,7 @@ func (c *conn) appendVarlong30(b []byte, v int64, minBytes int) []byte {
 	return appendVarlong(b, v, minBytes)
 }
 
-func (c *conn) writeVarint(v int32)                 { c.write(appendVarint(nil, v)) }
+func (c *conn) writeVarint(v int32)                  { c.write(appendVarint(nil, v)) }
 func (c *conn) writeVarlong30(v int64, minBytes int) { c.write(c.appendVarlong30(nil, v, minBytes)) }
 
 func appendVstring(b []byte, s string) []byte {
