@@ -171,24 +171,16 @@ func (s *session) fail(e abort) int {
 	return e.code
 }
 
-// drain reads what the client still sends until it acknowledges the
-// error exit or closes, for a bounded time.
+// drain reads what the client still sends until it closes or
+// acknowledges the error exit with an empty MSG_ERROR_EXIT, for a bounded
+// time: closing first would make its last writes fail noisily.
 func (s *session) drain() {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		defer func() { recover() }()
-		var buf [4096]byte
 		c := s.c
 		c.beforeBlock = nil
-		for {
-			if !c.muxIn {
-				if _, err := c.in.Read(buf[:]); err != nil {
-					return
-				}
-				continue
-			}
-			c.read(buf[:1])
+		for s.drainOne() {
 		}
 	}()
 	select {
@@ -196,6 +188,23 @@ func (s *session) drain() {
 	case <-s.ctx.Done():
 	case <-time.After(10 * time.Second):
 	}
+}
+
+// drainOne reads some input; it reports whether to go on.
+func (s *session) drainOne() (more bool) {
+	c := s.c
+	defer func() {
+		if p := recover(); p != nil {
+			more = p == errClientExit && c.exitLen == 4
+		}
+	}()
+	var buf [4096]byte
+	if !c.muxIn {
+		_, err := c.in.Read(buf[:])
+		return err == nil
+	}
+	c.read(buf[:1])
+	return true
 }
 
 // readSecluded reads the arguments that -s sends on stdin (rsync.c
@@ -312,6 +321,7 @@ func (s *session) handshake() error {
 	c.muxOut = true
 	c.muxIn = s.proto >= 30
 	c.onMsg = s.onMsg
+	c.ackExit = s.o.sender
 	return nil
 }
 

@@ -68,6 +68,8 @@ type conn struct {
 	// still buffered must go out first, or both sides wait forever.
 	beforeBlock func()
 	rPos, rNeg  int32 // read ndx state
+	ackExit     bool  // answer the client's MSG_ERROR_EXIT (as a sender)
+	exitLen     int   // payload length of the last MSG_ERROR_EXIT
 
 	wmu        sync.Mutex
 	out        io.Writer
@@ -141,6 +143,13 @@ func (c *conn) frame() {
 	switch tag {
 	case msgNoop:
 	case msgErrorExit:
+		c.exitLen = n
+		if n == 4 && c.proto >= 31 && c.ackExit {
+			// A pull's client echoes the code; rsync's sender answers
+			// with an empty one, after which the client exits quietly.
+			c.msg(msgErrorExit, nil)
+			c.flush()
+		}
 		panic(errClientExit)
 	default:
 		if c.onMsg == nil {

@@ -195,3 +195,74 @@ func TestRsyncPushPull(t *testing.T) {
 		})
 	}
 }
+
+func TestRsyncDelta(t *testing.T) {
+	ts := startServer(t)
+	ts.addUser("alice", "", "alice")
+	home := ts.home("alice")
+	src := filepath.Join(t.TempDir(), "src")
+	big := randomBytes(20 << 20)
+	writeFile(t, filepath.Join(src, "big"), big)
+	remote := "alice@127.0.0.1:"
+	for _, proto := range []string{"--protocol=31", "--protocol=29", "--protocol=27"} {
+		t.Run(proto, func(t *testing.T) {
+			dst := "d" + proto[len(proto)-2:]
+			if out, code := ts.rsyncCmd("alice", "-a", proto, src+"/", remote+dst+"/"); code != 0 {
+				t.Fatalf("push: exit %d\n%s", code, out)
+			}
+			// Overwrite 10 bytes, insert 9, in the middle.
+			changed := append(append(append([]byte{}, big[:10<<20]...), []byte("inserted!")...), big[10<<20:]...)
+			copy(changed[5<<20:], "0123456789")
+			writeFile(t, filepath.Join(src, "big"), changed)
+			out, code := ts.rsyncCmd("alice", "-a", "--stats", proto, src+"/", remote+dst+"/")
+			if n := literalBytes(t, out); code != 0 || n >= 1<<20 {
+				t.Fatalf("push of a small change: exit %d, %d literal bytes\n%s", code, n, out)
+			}
+			t.Logf("push: %d literal bytes", literalBytes(t, out))
+			sameTree(t, src, filepath.Join(home, dst))
+
+			back := filepath.Join(t.TempDir(), "back")
+			writeFile(t, filepath.Join(back, "big"), big)
+			out, code = ts.rsyncCmd("alice", "-a", "--stats", proto, remote+dst+"/", back+"/")
+			if n := literalBytes(t, out); code != 0 || n >= 1<<20 {
+				t.Fatalf("pull of a small change: exit %d, %d literal bytes\n%s", code, n, out)
+			}
+			t.Logf("pull: %d literal bytes", literalBytes(t, out))
+			sameTree(t, src, back)
+			writeFile(t, filepath.Join(src, "big"), big)
+		})
+	}
+}
+
+func TestRsyncRefused(t *testing.T) {
+	ts := startServer(t)
+	ts.addUser("alice", "", "alice")
+	src := filepath.Join(t.TempDir(), "src")
+	writeFile(t, filepath.Join(src, "f"), []byte("f"))
+	remote := "alice@127.0.0.1:"
+	for _, c := range []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{[]string{"-aH"}, 4, "does not support --hard-links (-H)"},
+		{[]string{"-aA"}, 4, "does not support --acls (-A)"},
+		{[]string{"-aX"}, 4, "does not support --xattrs (-X)"},
+		{[]string{"-a", "-M--fake-super"}, 4, "does not support --fake-super"},
+		{[]string{"-a", "-M--frobnicate"}, 1, "--frobnicate: unknown option"},
+		{[]string{"-a", "-M--daemon"}, 4, "does not support --daemon"},
+		{[]string{"-a", "-M--config=/etc/rsyncd.conf"}, 4, "does not support --config"},
+		{[]string{"-a", "--protocol=26"}, 12, "protocol version 26 is too old"},
+	} {
+		for _, dir := range []string{"push", "pull"} {
+			args := append(append([]string{}, c.args...), src+"/", remote+"dst/")
+			if dir == "pull" {
+				args = append(append([]string{}, c.args...), remote+"dst/", t.TempDir()+"/")
+			}
+			out, code := ts.rsyncCmd("alice", args...)
+			if code != c.code || !strings.Contains(out, c.msg) {
+				t.Errorf("%s %v: exit %d, want %d and %q\n%s", dir, c.args, code, c.code, c.msg, out)
+			}
+		}
+	}
+}
