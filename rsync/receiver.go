@@ -390,6 +390,14 @@ func (r *recv) genFile(i int, f *file, lp string, redo bool) {
 	if appendMode && exists && fi.Size() >= f.size {
 		return
 	}
+	var old int64
+	if exists {
+		old = fi.Size()
+	}
+	if err := s.roomFor(f.size - old); err != nil {
+		s.fileError("rsync: [receiver] write failed on %q: %s", r.rel(lp), strerror(err))
+		return
+	}
 	iflags := itemTransfer
 	if !exists {
 		iflags |= itemIsNew
@@ -424,6 +432,24 @@ func (r *recv) genFile(i int, f *file, lp string, redo bool) {
 		return
 	}
 	r.sendSums(lp, f, h)
+}
+
+// roomFor checks that the quota has room for a file to grow by n bytes
+// before any of it is asked for: a file that cannot fit is not sent, and
+// one rewritten in place is not half changed. The writes still reserve
+// what they take, as other sessions may use the room meanwhile.
+func (s *session) roomFor(n int64) error {
+	if n <= 0 || s.o.dryRun {
+		return nil
+	}
+	st, err := s.fs.StatFS()
+	if err != nil || st.Frsize != 1 {
+		return nil // no byte limit on this home
+	}
+	if free := int64(st.Bavail); n > free {
+		return &vfs.QuotaError{Left: free, Limit: int64(st.Blocks)}
+	}
+	return nil
 }
 
 // sendSums sends the checksum header and the block checksums of the

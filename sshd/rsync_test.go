@@ -266,3 +266,100 @@ func TestRsyncRefused(t *testing.T) {
 		}
 	}
 }
+
+func TestRsyncJail(t *testing.T) {
+	ts := startServer(t)
+	ts.addUser("alice", "", "alice")
+	ts.addUser("bob", "", "bob")
+	home, bobHome := ts.home("alice"), ts.home("bob")
+	writeFile(t, filepath.Join(bobHome, "mine"), []byte("bob's"))
+	outside := filepath.Join(ts.dir, "outside")
+	writeFile(t, filepath.Join(outside, "secret"), []byte("secret"))
+	os.Symlink(outside, filepath.Join(home, "out"))
+	os.Symlink("/etc", filepath.Join(home, "etc-link"))
+	writeFile(t, filepath.Join(home, "ok"), []byte("ok"))
+	src := filepath.Join(t.TempDir(), "src")
+	writeFile(t, filepath.Join(src, "x"), []byte("x"))
+	before := listing(t, ts.dir, false)
+	remote := "alice@127.0.0.1:"
+	local := t.TempDir()
+
+	for _, c := range []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{[]string{"-a", src + "/x", remote + "../y"}, 3, `change_dir "../y" failed: Permission denied`},
+		{[]string{"-a", src + "/", remote + "../bob/"}, 3, `change_dir "../bob/" failed: Permission denied`},
+		{[]string{"-a", src + "/", remote + "out/"}, 3, "Permission denied"},
+		{[]string{"-a", remote + "/etc/passwd", local}, 23, `link_stat "/etc/passwd" failed: No such file or directory`},
+		{[]string{"-a", remote + "../bob/mine", local}, 23, `link_stat "../bob/mine" failed: Permission denied`},
+		{[]string{"-a", remote + "etc-link/passwd", local}, 23, `link_stat "etc-link/passwd" failed: Permission denied`},
+		{[]string{"-a", remote + "out/secret", local}, 23, `failed: Permission denied`},
+		{[]string{"-a", remote + "etc-link/", local}, 23, `failed: Permission denied`},
+		// The home itself: the links leading out are not sent.
+		{[]string{"-a", remote, local + "/home/"}, 23, `readlink_stat "etc-link" failed: Permission denied`},
+	} {
+		out, code := ts.rsyncCmd("alice", c.args...)
+		if code != c.code || !strings.Contains(out, c.msg) {
+			t.Errorf("rsync %v: exit %d, want %d and %q\n%s", c.args, code, c.code, c.msg, out)
+		}
+		if strings.Contains(out, ts.dir) {
+			t.Errorf("rsync %v: a host path in the output:\n%s", c.args, out)
+		}
+	}
+	if got, _ := os.ReadFile(filepath.Join(local, "home", "ok")); string(got) != "ok" {
+		t.Errorf("pull of the home: ok = %q", got)
+	}
+	if _, err := os.Lstat(filepath.Join(local, "home", "out")); err == nil {
+		t.Error("a link leading out of the home was sent")
+	}
+	if after := listing(t, ts.dir, false); after != before {
+		t.Errorf("the server's tree changed:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
+
+func TestRsyncQuota(t *testing.T) {
+	ts := startServer(t)
+	ts.addQuotaUser("alice", "alice", 20<<20, 0)
+	home := ts.home("alice")
+	src := filepath.Join(t.TempDir(), "src")
+	for _, n := range []string{"a", "b", "c"} {
+		writeFile(t, filepath.Join(src, n), randomBytes(10<<20))
+	}
+	out, code := ts.rsyncCmd("alice", "-a", src+"/", "alice@127.0.0.1:dst/")
+	if code != 23 || !strings.Contains(out, `write failed on "c": quota exceeded`) {
+		t.Fatalf("push past the quota: exit %d, want 23 and the quota message\n%s", code, out)
+	}
+	for _, n := range []string{"a", "b"} {
+		if md5File(t, filepath.Join(home, "dst", n)) != md5File(t, filepath.Join(src, n)) {
+			t.Errorf("%s differs", n)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(home, "dst", "c")); err == nil {
+		t.Error("the file past the quota was kept")
+	}
+	if u := duFiles(t, filepath.Join(home, "dst")); u > 20<<20 {
+		t.Errorf("usage %d is past the quota", u)
+	}
+	// An overwrite that does not fit keeps the old file.
+	writeFile(t, filepath.Join(src, "a"), randomBytes(11<<20))
+	writeFile(t, filepath.Join(home, "dst", "small"), []byte("small"))
+	os.Remove(filepath.Join(src, "b"))
+	os.Remove(filepath.Join(src, "c"))
+	old := md5File(t, filepath.Join(home, "dst", "a"))
+	for _, mode := range []string{"-W", "--no-W", "--inplace"} {
+		out, code = ts.rsyncCmd("alice", "-a", mode, src+"/a", "alice@127.0.0.1:dst/a")
+		if code != 23 || !strings.Contains(out, "quota exceeded") || md5File(t, filepath.Join(home, "dst", "a")) != old {
+			t.Fatalf("overwrite past the quota with %s: exit %d, want 23 and the old file kept\n%s", mode, code, out)
+		}
+	}
+	// --delete frees space.
+	out, code = ts.rsyncCmd("alice", "-a", "--delete", src+"/", "alice@127.0.0.1:dst/")
+	if code != 0 {
+		t.Fatalf("push with --delete: exit %d\n%s", code, out)
+	}
+	if md5File(t, filepath.Join(home, "dst", "a")) != md5File(t, filepath.Join(src, "a")) {
+		t.Error("a differs after --delete made room")
+	}
+}
