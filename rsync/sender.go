@@ -541,18 +541,16 @@ func (b *listBuilder) entry(name, vp string, fi fs.FileInfo) *file {
 			f.sum = sum
 		}
 	case f.isLink():
-		if !s.o.links {
-			if s.o.verbose > 0 {
-				s.info("skipping non-regular file %q", name)
+		// Without -l the entry still goes, with no target: a listing
+		// shows it, a receiver skips it.
+		if s.o.links {
+			target, err := s.fs.Readlink(vp)
+			if err != nil {
+				s.fileError("rsync: [sender] readlink_stat %q failed: %s", name, strerror(err))
+				return nil
 			}
-			return nil
+			f.link, f.size = target, int64(len(target))
 		}
-		target, err := s.fs.Readlink(vp)
-		if err != nil {
-			s.fileError("rsync: [sender] readlink_stat %q failed: %s", name, strerror(err))
-			return nil
-		}
-		f.link, f.size = target, int64(len(target))
 	default:
 		return nil // devices, FIFOs and sockets are never sent
 	}

@@ -96,9 +96,10 @@ func setTimes(t *testing.T, dir string) {
 	}
 }
 
-// listing describes a tree: per entry its type, mode, mtime, size and a
-// hash of its content (or its link target).
-func listing(t *testing.T, dir string, withDirTimes bool) string {
+// listing describes a tree: per entry its type, mode, mtime (unless
+// withTimes is false), size and a hash of its content (or its link
+// target).
+func listing(t *testing.T, dir string, withTimes bool) string {
 	t.Helper()
 	var lines []string
 	filepath.Walk(dir, func(p string, fi fs.FileInfo, err error) error {
@@ -116,12 +117,15 @@ func listing(t *testing.T, dir string, withDirTimes bool) string {
 			what = "link " + target
 		case fi.IsDir():
 			what = fmt.Sprintf("dir %o", fi.Mode().Perm())
-			if withDirTimes {
+			if withTimes {
 				what += " " + strconv.FormatInt(fi.ModTime().Unix(), 10)
 			}
 		default:
 			data, _ := os.ReadFile(p)
-			what = fmt.Sprintf("file %o %d %d %x", fi.Mode().Perm(), fi.ModTime().Unix(), fi.Size(), sha256.Sum256(data))
+			what = fmt.Sprintf("file %o %d %x", fi.Mode().Perm(), fi.Size(), sha256.Sum256(data))
+			if withTimes {
+				what += " " + strconv.FormatInt(fi.ModTime().Unix(), 10)
+			}
 		}
 		lines = append(lines, rel+": "+what)
 		return nil
@@ -361,5 +365,36 @@ func TestRsyncQuota(t *testing.T) {
 	}
 	if md5File(t, filepath.Join(home, "dst", "a")) != md5File(t, filepath.Join(src, "a")) {
 		t.Error("a differs after --delete made room")
+	}
+}
+
+func TestRsyncSpecials(t *testing.T) {
+	ts := startServer(t)
+	ts.addUser("alice", "", "alice")
+	home := ts.home("alice")
+	src := filepath.Join(t.TempDir(), "src")
+	writeFile(t, filepath.Join(src, "f"), []byte("f"))
+	if err := exec.Command("mkfifo", filepath.Join(src, "fifo")).Run(); err != nil {
+		t.Fatal(err)
+	}
+	out, code := ts.rsyncCmd("alice", "-a", src+"/", "alice@127.0.0.1:dst/")
+	if code != 0 || !strings.Contains(out, `skipping non-regular file "fifo"`) {
+		t.Fatalf("push of a FIFO: exit %d, want 0 and a warning\n%s", code, out)
+	}
+	if _, err := os.Lstat(filepath.Join(home, "dst", "fifo")); err == nil {
+		t.Error("the FIFO was made")
+	}
+	if got, _ := os.ReadFile(filepath.Join(home, "dst", "f")); string(got) != "f" {
+		t.Errorf("f = %q", got)
+	}
+	// A FIFO planted in the home is not sent.
+	exec.Command("mkfifo", filepath.Join(home, "dst", "fifo2")).Run()
+	back := t.TempDir()
+	out, code = ts.rsyncCmd("alice", "-a", "alice@127.0.0.1:dst/", back+"/")
+	if code != 0 {
+		t.Fatalf("pull: exit %d\n%s", code, out)
+	}
+	if _, err := os.Lstat(filepath.Join(back, "fifo2")); err == nil {
+		t.Error("the FIFO was sent")
 	}
 }
