@@ -148,24 +148,25 @@ func (r rule) matches(name string, isDir bool) bool {
 	case !r.wholePath:
 		m = wildmatch(r.pattern, name[strings.LastIndexByte(name, '/')+1:])
 	case r.anchored:
-		m = r.matchPath(name)
+		m = r.matchPath(name, isDir)
 	default:
-		m = r.matchPath(name)
+		m = r.matchPath(name, isDir)
 		for i := 0; !m && i < len(name); i++ {
 			if name[i] == '/' {
-				m = r.matchPath(name[i+1:])
+				m = r.matchPath(name[i+1:], isDir)
 			}
 		}
 	}
 	return m != r.negate
 }
 
-// matchPath matches a whole path; "dir/***" also matches "dir" itself.
-func (r rule) matchPath(name string) bool {
+// matchPath matches a whole path; "dir/***" also matches the directory
+// "dir" itself.
+func (r rule) matchPath(name string, isDir bool) bool {
 	if wildmatch(r.pattern, name) {
 		return true
 	}
-	if p, ok := strings.CutSuffix(r.pattern, "/***"); ok {
+	if p, ok := strings.CutSuffix(r.pattern, "/***"); ok && isDir {
 		return wildmatch(p, name)
 	}
 	return false

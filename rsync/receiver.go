@@ -35,7 +35,8 @@ type recv struct {
 	allDone   chan struct{}
 	died      chan abort
 
-	deleted [5]int32 // files, dirs, links, devices, specials
+	newDirs map[string]bool // directories this run made
+	deleted [5]int32        // files, dirs, links, devices, specials
 	dels    int
 }
 
@@ -70,7 +71,7 @@ func (s *session) receiver() {
 	}
 	list, ioErr := s.recvFileList()
 	r := &recv{s: s, list: list, ioErr: ioErr, okDirs: map[string]bool{}, bad: map[string]bool{},
-		inList: map[string]bool{}, redo: make(chan int32, 64), phaseDone: make(chan struct{}),
+		inList: map[string]bool{}, newDirs: map[string]bool{}, redo: make(chan int32, 64), phaseDone: make(chan struct{}),
 		allDone: make(chan struct{}), died: make(chan abort, 1)}
 	r.place(dest)
 	for i, f := range list {
@@ -284,6 +285,7 @@ func (r *recv) genDir(i int, f *file, lp string) bool {
 				return false
 			}
 		}
+		r.newDirs[lp] = true
 		r.itemize(i, itemLocalChange|itemIsNew)
 	} else if s.o.deleteMode && f.content {
 		r.deleteExtraneous(lp)
@@ -294,8 +296,11 @@ func (r *recv) genDir(i int, f *file, lp string) bool {
 
 func (r *recv) finishDir(f *file, lp string) {
 	s := r.s
-	if s.o.perms {
+	switch {
+	case s.o.perms:
 		s.fs.Chmod(lp, fs.FileMode(f.mode&0o777))
+	case r.newDirs[lp]:
+		s.fs.Chmod(lp, fs.FileMode(f.mode&0o777&^umask))
 	}
 	if s.o.times && !s.o.omitDirTimes {
 		mt := time.Unix(f.mtime, int64(f.nsec))

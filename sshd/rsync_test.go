@@ -398,3 +398,161 @@ func TestRsyncSpecials(t *testing.T) {
 		t.Error("the FIFO was sent")
 	}
 }
+
+func copyTree(t *testing.T, from, to string) {
+	t.Helper()
+	os.RemoveAll(to)
+	if out, err := exec.Command("cp", "-a", from, to).CombinedOutput(); err != nil {
+		t.Fatalf("cp -a: %v\n%s", err, out)
+	}
+}
+
+// destState prepares a destination as a test case of the option matrix
+// starts from: absent, a copy of the source with changes, with stale
+// entries, or with big files cut short.
+func destState(t *testing.T, src, dst, state string) {
+	t.Helper()
+	os.RemoveAll(dst)
+	if state == "fresh" {
+		return
+	}
+	copyTree(t, src, dst)
+	switch state {
+	case "modified":
+		data, _ := os.ReadFile(filepath.Join(src, "mid.bin"))
+		data = append(append(append([]byte{}, data[:1000]...), []byte("123456789")...), data[1000:]...)
+		copy(data[200<<10:], "0123456789")
+		writeFile(t, filepath.Join(dst, "mid.bin"), data)
+		writeFile(t, filepath.Join(dst, "small.txt"), []byte("HELLO\n"))
+		os.Chmod(filepath.Join(dst, "exec.sh"), 0o600)
+		newer := fixedTime.Add(time.Hour)
+		os.Chtimes(filepath.Join(dst, "a/b/c/deep.txt"), newer, newer)
+		writeFile(t, filepath.Join(dst, "a/b/c/deep.txt"), []byte("newer on the receiver"))
+		os.Chtimes(filepath.Join(dst, "a/b/c/deep.txt"), newer, newer)
+		older := fixedTime.Add(-time.Hour)
+		for _, n := range []string{"mid.bin", "small.txt"} {
+			os.Chtimes(filepath.Join(dst, n), older, older)
+		}
+		os.Chtimes(filepath.Join(dst, "a/b/c"), fixedTime, fixedTime)
+	case "extra":
+		writeFile(t, filepath.Join(dst, "stale.txt"), []byte("stale"))
+		writeFile(t, filepath.Join(dst, "stale.bin"), []byte("stale bin"))
+		writeFile(t, filepath.Join(dst, "a/stale/tree/x"), []byte("x"))
+		os.Symlink("small.txt", filepath.Join(dst, "stale-link"))
+		setTimes(t, dst)
+	case "truncated":
+		for _, n := range []string{"mid.bin", "big.bin"} {
+			os.Truncate(filepath.Join(dst, n), 1000)
+		}
+	}
+}
+
+// TestRsyncOptions runs the client with each set of options against silo
+// and, for reference, locally, in both directions, and wants the same
+// exit status and the same tree.
+func TestRsyncOptions(t *testing.T) {
+	ts := startServer(t)
+	ts.addUser("alice", "", "alice")
+	home := ts.home("alice")
+	work := t.TempDir()
+	src := filepath.Join(work, "src")
+	makeTree(t, src, 2<<20)
+	for _, c := range []struct {
+		state string
+		args  []string
+	}{
+		{"fresh", []string{"-av"}},
+		{"modified", []string{"-av"}},
+		{"modified", []string{"-avc"}},
+		{"modified", []string{"-avn"}},
+		{"modified", []string{"-avu"}},
+		{"modified", []string{"-a", "--size-only"}},
+		{"modified", []string{"-a", "--ignore-existing"}},
+		{"modified", []string{"-a", "-I"}},
+		{"modified", []string{"-a", "--inplace"}},
+		{"modified", []string{"-aW"}},
+		{"modified", []string{"-a", "-B", "1024"}},
+		{"modified", []string{"-a", "--stats", "--progress"}},
+		{"modified", []string{"-a", "--info=progress2"}},
+		{"extra", []string{"-a", "--delete"}},
+		{"extra", []string{"-a", "--delete-before"}},
+		{"extra", []string{"-a", "--delete-during"}},
+		{"extra", []string{"-a", "--delete-after"}},
+		{"extra", []string{"-a", "--delete-delay"}},
+		{"extra", []string{"-a", "--delete", "--exclude=*.bin"}},
+		{"extra", []string{"-a", "--delete-excluded", "--exclude=*.bin"}},
+		{"extra", []string{"-a", "--delete", "-n"}},
+		{"fresh", []string{"-a", "--exclude=*.bin", "--exclude=a/b/", "--include=*.txt"}},
+		{"fresh", []string{"-a", "--include=*/", "--include=*.txt", "--exclude=*"}},
+		{"fresh", []string{"-a", "--filter=- /mid.bin", "--filter=- dir with space/"}},
+		{"fresh", []string{"-a", "--exclude=a/**/e.txt", "--exclude=x/***"}},
+		{"truncated", []string{"-a", "--append-verify"}},
+		{"truncated", []string{"-a", "--append"}},
+		{"fresh", []string{"-r"}},
+		{"fresh", []string{"-rlt"}},
+		{"modified", []string{"-rlt"}},
+	} {
+		name := c.state + " " + strings.Join(c.args, " ")
+		withTimes := strings.Contains(strings.Join(c.args, " "), "-a") || strings.Contains(c.args[0], "t")
+		ref := filepath.Join(work, "ref")
+		destState(t, src, ref, c.state)
+		refOut, refCode := runLocal(t, append(append([]string{}, c.args...), src+"/", ref+"/")...)
+		want := listing(t, ref, withTimes)
+
+		// Push into the home.
+		dst := filepath.Join(home, "push")
+		destState(t, src, dst, c.state)
+		out, code := ts.rsyncCmd("alice", append(append([]string{}, c.args...), src+"/", "alice@127.0.0.1:push/")...)
+		if code != refCode {
+			t.Errorf("push %s: exit %d, locally %d\n%s\nlocally:\n%s", name, code, refCode, out, refOut)
+		} else if got := listing(t, dst, withTimes); got != want {
+			t.Errorf("push %s: trees differ:\n%s\n%s", name, lineDiff(want, got), out)
+		}
+
+		// Pull from a copy of the source in the home.
+		copyTree(t, src, filepath.Join(home, "src"))
+		dst = filepath.Join(work, "pull")
+		destState(t, src, dst, c.state)
+		out, code = ts.rsyncCmd("alice", append(append([]string{}, c.args...), "alice@127.0.0.1:src/", dst+"/")...)
+		if code != refCode {
+			t.Errorf("pull %s: exit %d, locally %d\n%s\nlocally:\n%s", name, code, refCode, out, refOut)
+		} else if got := listing(t, dst, withTimes); got != want {
+			t.Errorf("pull %s: trees differ:\n%s\n%s", name, lineDiff(want, got), out)
+		}
+	}
+}
+
+func runLocal(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	out, err := exec.Command("rsync", args...).CombinedOutput()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return string(out), ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return string(out), 0
+}
+
+// lineDiff shows the lines only one of two listings has.
+func lineDiff(want, got string) string {
+	w, g := map[string]bool{}, map[string]bool{}
+	for _, l := range strings.Split(want, "\n") {
+		w[l] = true
+	}
+	for _, l := range strings.Split(got, "\n") {
+		g[l] = true
+	}
+	var b strings.Builder
+	for _, l := range strings.Split(want, "\n") {
+		if !g[l] {
+			b.WriteString("- " + l + "\n")
+		}
+	}
+	for _, l := range strings.Split(got, "\n") {
+		if !w[l] {
+			b.WriteString("+ " + l + "\n")
+		}
+	}
+	return b.String()
+}
