@@ -318,7 +318,9 @@ func (s *session) match(w *window, start int64, h sumHead, blocks []block, tw to
 			lit += int64(len(p))
 		}
 	}
-	if len(blocks) == 0 || h.blength == 0 {
+	if len(blocks) == 0 || h.blength == 0 || (s.compress == compressZlib && s.proto < 31 && h.blength > 0xffff) {
+		// Classic zlib before 31 mishandles blocks over 64 KiB in its
+		// history: such a file goes as literal data.
 		pos = w.size
 		flushLit()
 		return literal

@@ -151,10 +151,12 @@ func (s *session) blockSizes(n int64, full bool) sumHead {
 	if s.proto < 30 {
 		maxLen = 1 << 29
 	}
-	if s.compress == compressZlib && s.proto < 31 {
-		// Classic zlib before 31 inserts only the first 64 KiB of a
-		// longer block into the history (section 6 of the notes).
-		maxLen = 65535
+	if s.compress == compressZlib {
+		// Classic zlib feeds each matched block into its history, and
+		// the stock client's zlib takes at most a window (32 KiB) of it
+		// at once ("deflate on token returned 0"); before 31 a block
+		// over 64 KiB is also inserted wrongly (section 6 of the notes).
+		maxLen = 32 << 10
 	}
 	var bl int64
 	switch {
