@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -567,4 +568,86 @@ func lineDiff(want, got string) string {
 		}
 	}
 	return b.String()
+}
+
+// TestRsyncPartial kills the client in the middle of a file: with
+// --partial what arrived stays (mtime 0) and the next run builds on it;
+// without, the old file (or none) stays and no temp file is left.
+func TestRsyncPartial(t *testing.T) {
+	for _, partial := range []bool{true, false} {
+		t.Run(fmt.Sprintf("partial=%v", partial), func(t *testing.T) {
+			ts := startServer(t)
+			ts.addUser("alice", "", "alice")
+			home := ts.home("alice")
+			src := filepath.Join(t.TempDir(), "src")
+			data := randomBytes(3 << 20)
+			writeFile(t, filepath.Join(src, "big"), data)
+			old := []byte("the old content")
+			if !partial {
+				writeFile(t, filepath.Join(home, "dst", "big"), old)
+			}
+			args := []string{"-a", "--bwlimit=300", src + "/", "alice@127.0.0.1:dst/"}
+			if partial {
+				args = append([]string{"--partial"}, args...)
+			}
+			cmd := ts.rsyncExec("alice", args...)
+			cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			// Kill the client (and its ssh) once data has arrived.
+			waitFor(t, "data to arrive", func() bool {
+				entries, _ := os.ReadDir(filepath.Join(home, "dst"))
+				for _, e := range entries {
+					if fi, err := e.Info(); err == nil && fi.Size() > 0 && !bytes.Equal(old, mustRead(filepath.Join(home, "dst", e.Name()))) {
+						return true
+					}
+				}
+				return false
+			})
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			cmd.Wait()
+			waitFor(t, "the server to end the transfer", func() bool { return strings.Contains(ts.logs.String(), "result=aborted") })
+			entries, _ := os.ReadDir(filepath.Join(home, "dst"))
+			if len(entries) != 1 {
+				t.Fatalf("after the kill the destination holds %v", entries)
+			}
+			got := mustRead(filepath.Join(home, "dst", "big"))
+			fi, _ := os.Stat(filepath.Join(home, "dst", "big"))
+			if partial {
+				if len(got) == 0 || len(got) >= len(data) || !bytes.Equal(got, data[:len(got)]) || fi.ModTime().Unix() != 0 {
+					t.Fatalf("partial file: %d bytes, prefix %v, mtime %v", len(got), bytes.Equal(got, data[:min(len(got), len(data))]), fi.ModTime())
+				}
+			} else if !bytes.Equal(got, old) {
+				t.Fatalf("the old file changed: %q", got[:min(len(got), 40)])
+			}
+			out, code := ts.rsyncCmd("alice", "-a", "--stats", "--partial", src+"/", "alice@127.0.0.1:dst/")
+			if code != 0 {
+				t.Fatalf("rerun: exit %d\n%s", code, out)
+			}
+			if !bytes.Equal(mustRead(filepath.Join(home, "dst", "big")), data) {
+				t.Fatal("rerun: content differs")
+			}
+			if partial && strings.Contains(out, "Matched data: 0 bytes") {
+				t.Errorf("rerun did not use the partial file:\n%s", out)
+			}
+		})
+	}
+}
+
+func mustRead(p string) []byte {
+	b, _ := os.ReadFile(p)
+	return b
+}
+
+// waitFor polls cond until it holds, failing after a generous deadline.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
