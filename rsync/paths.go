@@ -15,12 +15,7 @@ import (
 // the client meant a place silo does not show. dirSuffix reports a
 // trailing "/" (or "/."), which means "the contents of".
 func argPath(p string) (vpath string, dirSuffix bool, ok bool) {
-	switch {
-	case p == "~":
-		p = ""
-	case strings.HasPrefix(p, "~/"):
-		p = p[2:]
-	}
+	p = untilde(p)
 	dirSuffix = p == "" || strings.HasSuffix(p, "/") || strings.HasSuffix(p, "/.") || p == "."
 	rel := path.Clean(strings.TrimLeft(p, "/"))
 	if rel == ".." || strings.HasPrefix(rel, "../") {
@@ -29,11 +24,23 @@ func argPath(p string) (vpath string, dirSuffix bool, ok bool) {
 	return vfs.Clean(rel), dirSuffix, true
 }
 
+// untilde makes "~" and "~/..." home-relative.
+func untilde(p string) string {
+	switch {
+	case p == "~":
+		return ""
+	case strings.HasPrefix(p, "~/"):
+		return p[2:]
+	}
+	return p
+}
+
 // expandGlob expands the wildcards of a sender's argument inside the
 // home, as the shell a real rsync server runs under would: each element
 // with "*", "?" or "[" is matched against a directory's entries. A word
 // that matches nothing stays as it is, as in bash.
 func (s *session) expandGlob(p string) []string {
+	p = untilde(p)
 	if !strings.ContainsAny(p, "*?[") {
 		return []string{p}
 	}

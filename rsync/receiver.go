@@ -386,6 +386,7 @@ func (r *recv) genFile(i int, f *file, lp string, redo bool) {
 	}
 	if exists && !redo && r.unchanged(f, lp, fi) {
 		r.fixAttrs(i, f, lp, fi)
+		r.success(i)
 		return
 	}
 	if exists && s.o.update && !redo && fi.ModTime().Unix() > f.mtime {
@@ -825,15 +826,26 @@ func (r *recv) receiveFile(i int, f *file, redo bool) {
 			if isNew && !inplace {
 				s.fs.Remove(lp)
 			}
-		} else if s.o.times {
-			// A time set before the close is the temp file's; an
-			// in-place file's last write may follow it.
-			mt := time.Unix(f.mtime, int64(f.nsec))
-			s.fs.Chtimes(lp, mt, mt)
+		} else {
+			if s.o.times {
+				// A time set before the close is the temp file's; an
+				// in-place file's last write may follow it.
+				mt := time.Unix(f.mtime, int64(f.nsec))
+				s.fs.Chtimes(lp, mt, mt)
+			}
+			r.success(i)
 		}
 	}
 	s.cfg.Log.Info("transfer", "path", lp, "direction", "upload", "bytes", literal,
 		"duration", time.Since(started).Round(time.Millisecond), "result", result, "protocol", "rsync")
+}
+
+// success tells a client with --remove-source-files that file i is safe
+// here, so that it may remove its copy.
+func (r *recv) success(i int) {
+	if r.s.o.removeSource && !r.s.o.dryRun {
+		r.s.c.msg(msgSuccess, binary.LittleEndian.AppendUint32(nil, uint32(i)))
+	}
 }
 
 func hashPrefix(basis *vfs.File, n int64, sum io.Writer) error {

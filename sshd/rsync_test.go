@@ -651,3 +651,77 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+func TestRsyncMisc(t *testing.T) {
+	ts := startServer(t)
+	ts.addUser("alice", "", "alice")
+	home := ts.home("alice")
+	src := filepath.Join(t.TempDir(), "src")
+	writeFile(t, filepath.Join(src, "a b", "c;d$e"), []byte("secluded"))
+	writeFile(t, filepath.Join(src, "g1.txt"), []byte("1"))
+	writeFile(t, filepath.Join(src, "g2.txt"), []byte("2"))
+	remote := "alice@127.0.0.1:"
+
+	// -s: the arguments travel in the protocol, not on the command line.
+	if out, code := ts.rsyncCmd("alice", "-as", src+"/", remote+"sec dir/"); code != 0 {
+		t.Fatalf("push -s: exit %d\n%s", code, out)
+	}
+	if got := mustRead(filepath.Join(home, "sec dir", "a b", "c;d$e")); string(got) != "secluded" {
+		t.Fatalf("push -s: got %q", got)
+	}
+	back := t.TempDir()
+	if out, code := ts.rsyncCmd("alice", "-as", remote+"sec dir/a b/c;d$e", back+"/"); code != 0 || string(mustRead(filepath.Join(back, "c;d$e"))) != "secluded" {
+		t.Fatalf("pull -s: exit %d\n%s", code, out)
+	}
+
+	// Wildcards in a pulled path are expanded in the home; ~ is the home.
+	if out, code := ts.rsyncCmd("alice", "-a", remote+"~/sec dir/g*.txt", back+"/"); code != 0 ||
+		string(mustRead(filepath.Join(back, "g1.txt"))) != "1" || string(mustRead(filepath.Join(back, "g2.txt"))) != "2" {
+		t.Fatalf("pull of a glob: exit %d\n%s", code, out)
+	}
+
+	// Listing.
+	out, code := ts.rsyncCmd("alice", remote+"sec dir/")
+	if code != 0 || !strings.Contains(out, "a b") || !strings.Contains(out, "g1.txt") {
+		t.Fatalf("listing: exit %d\n%s", code, out)
+	}
+
+	// --remove-source-files on a pull removes what was received.
+	if out, code := ts.rsyncCmd("alice", "-a", "--remove-source-files", remote+"sec dir/", filepath.Join(back, "moved")+"/"); code != 0 {
+		t.Fatalf("pull --remove-source-files: exit %d\n%s", code, out)
+	}
+	if string(mustRead(filepath.Join(back, "moved", "a b", "c;d$e"))) != "secluded" {
+		t.Fatal("pull --remove-source-files: file not received")
+	}
+	if _, err := os.Stat(filepath.Join(home, "sec dir", "a b", "c;d$e")); err == nil {
+		t.Fatal("pull --remove-source-files: source not removed")
+	}
+	// ... and on a push removes the client's copies.
+	moved := filepath.Join(t.TempDir(), "moved")
+	copyTree(t, filepath.Join(back, "moved"), moved)
+	if out, code := ts.rsyncCmd("alice", "-a", "--remove-source-files", moved+"/", remote+"pushed/"); code != 0 {
+		t.Fatalf("push --remove-source-files: exit %d\n%s", code, out)
+	}
+	if string(mustRead(filepath.Join(home, "pushed", "a b", "c;d$e"))) != "secluded" {
+		t.Fatal("push --remove-source-files: file not received")
+	}
+	if _, err := os.Stat(filepath.Join(moved, "a b", "c;d$e")); err == nil {
+		t.Fatal("push --remove-source-files: source not removed")
+	}
+	if out, code := ts.rsyncCmd("alice", "-a", "-x", src+"/", remote+"x/"); code != 0 {
+		t.Fatalf("push -x: exit %d\n%s", code, out)
+	}
+	if out, code := ts.rsyncCmd("alice", "-a", "-x", remote+"x/", filepath.Join(back, "x")+"/"); code != 0 {
+		t.Fatalf("pull -x: exit %d\n%s", code, out)
+	}
+	// A missing source among others: exit 23, the others copied.
+	out, code = ts.rsyncCmd("alice", "-a", remote+"x/g1.txt", remote+"nonexistent", filepath.Join(back, "some")+"/")
+	if code != 23 || !strings.Contains(out, `link_stat "nonexistent" failed: No such file or directory (2)`) || string(mustRead(filepath.Join(back, "some", "g1.txt"))) != "1" {
+		t.Fatalf("pull with a missing source: exit %d\n%s", code, out)
+	}
+	// A push below a missing directory.
+	out, code = ts.rsyncCmd("alice", "-a", src+"/g1.txt", remote+"nonexist/deeper/x")
+	if code != 3 || !strings.Contains(out, `"nonexist/deeper"`) || strings.Contains(out, home) {
+		t.Fatalf("push below a missing directory: exit %d\n%s", code, out)
+	}
+}
