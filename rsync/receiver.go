@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"strings"
 	"time"
 
 	"silo/vfs"
@@ -428,16 +429,39 @@ func (r *recv) genFile(i int, f *file, lp string, redo bool) {
 	if s.o.dryRun {
 		return
 	}
-	if !exists || fi.Size() == 0 || (s.o.wholeFile && !appendMode) {
+	bp, bsize := lp, old
+	if pp, psize, ok := r.partialBasis(lp); ok && !appendMode {
+		bp, bsize = pp, psize
+	}
+	if bsize == 0 || (s.o.wholeFile && !appendMode) {
 		c.write(appendSumHead(nil, sumHead{}))
 		return
 	}
-	h := s.blockSizes(fi.Size(), redo)
+	h := s.blockSizes(bsize, redo)
 	if appendMode {
 		c.write(appendSumHead(nil, h))
 		return
 	}
-	r.sendSums(lp, f, h)
+	r.sendSums(bp, f, h)
+}
+
+// partialPath is where --partial-dir keeps the part of lp received.
+func (r *recv) partialPath(lp string) string {
+	return path.Join(path.Dir(lp), r.s.o.partialDir, path.Base(lp))
+}
+
+// partialBasis is the part of lp an interrupted run left in the partial
+// directory, which is the basis of the next try.
+func (r *recv) partialBasis(lp string) (string, int64, bool) {
+	if r.s.o.partialDir == "" || r.s.o.inplace {
+		return "", 0, false
+	}
+	pp := r.partialPath(lp)
+	fi, err := r.s.fs.Lstat(pp)
+	if err != nil || !fi.Mode().IsRegular() {
+		return "", 0, false
+	}
+	return pp, fi.Size(), true
 }
 
 // roomFor checks that the quota has room for a file to grow by n bytes
@@ -559,12 +583,16 @@ func (r *recv) deleteExtraneous(lp string) {
 	}
 	for _, n := range names {
 		child := path.Join(lp, n)
-		if r.inList[child] {
+		if r.inList[child] || (n == s.o.partialDir && fromDir(n)) {
 			continue
 		}
 		r.delete(child)
 	}
 }
+
+// fromDir reports whether a --partial-dir value is one name, kept in
+// each directory (and so never deleted as extraneous).
+func fromDir(p string) bool { return p != "" && !strings.Contains(p, "/") }
 
 // delete removes lp and, for a directory, what it holds, depth first.
 func (r *recv) delete(lp string) bool {
@@ -698,9 +726,23 @@ func (r *recv) receiveFile(i int, f *file, redo bool) {
 		offset = h.flength()
 	}
 	sum := s.sums.file()
+	// With --partial-dir the file is rebuilt in the partial directory
+	// (from what an earlier run left there, if anything) and moved into
+	// place when complete.
+	bp, op := lp, lp
+	pp, _, fromPartial := r.partialBasis(lp)
+	if fromPartial && !appendMode {
+		bp = pp
+	}
+	if s.o.partialDir != "" && !inplace {
+		op = r.partialPath(lp)
+		if err := s.fs.Mkdir(path.Dir(op)); err != nil && !errors.Is(err, fs.ErrExist) {
+			op = lp
+		}
+	}
 	var basis *vfs.File
 	if h.count > 0 || (appendMode && offset > 0) {
-		basis, _ = s.fs.OpenFile(lp, os.O_RDONLY)
+		basis, _ = s.fs.OpenFile(bp, os.O_RDONLY)
 	}
 	if basis != nil {
 		defer basis.Close()
@@ -708,14 +750,14 @@ func (r *recv) receiveFile(i int, f *file, redo bool) {
 	var out *vfs.File
 	var werr error
 	isNew := false
-	if _, err := s.fs.Lstat(lp); errors.Is(err, fs.ErrNotExist) {
+	if _, err := s.fs.Lstat(op); errors.Is(err, fs.ErrNotExist) {
 		isNew = true
 	}
 	flag := os.O_WRONLY | os.O_CREATE
 	if !inplace {
 		flag |= os.O_TRUNC
 	}
-	out, werr = s.fs.OpenFile(lp, flag)
+	out, werr = s.fs.OpenFile(op, flag)
 	if appendMode && (s.o.appendMode == 2 || s.proto < 30) && werr == nil {
 		werr = hashPrefix(basis, offset, sum)
 	}
@@ -729,14 +771,17 @@ func (r *recv) receiveFile(i int, f *file, redo bool) {
 			return
 		}
 		// The session broke off mid-file (the panic goes on up).
-		if s.o.partial && literal > 0 {
+		switch {
+		case s.o.partial && literal > 0:
 			out.Close()
-			s.fs.Chtimes(lp, time.Unix(0, 0), time.Unix(0, 0))
-		} else {
+			if op == lp {
+				s.fs.Chtimes(lp, time.Unix(0, 0), time.Unix(0, 0))
+			}
+		default:
 			out.Abort()
 			out.Close()
 			if isNew && !inplace {
-				s.fs.Remove(lp)
+				s.fs.Remove(op)
 			}
 		}
 		s.cfg.Log.Info("transfer", "path", lp, "direction", "upload", "bytes", literal,
@@ -792,7 +837,7 @@ func (r *recv) receiveFile(i int, f *file, redo bool) {
 			out.Abort()
 			out.Close()
 			if isNew && !inplace {
-				s.fs.Remove(lp)
+				s.fs.Remove(op)
 			}
 		}
 		s.fileError("rsync: [receiver] write failed on %q: %s", r.rel(lp), strerror(werr))
@@ -805,7 +850,7 @@ func (r *recv) receiveFile(i int, f *file, redo bool) {
 			out.Abort()
 			out.Close()
 			if isNew {
-				s.fs.Remove(lp)
+				s.fs.Remove(op)
 			}
 		}
 		result = "failed verification"
@@ -819,12 +864,18 @@ func (r *recv) receiveFile(i int, f *file, redo bool) {
 		if inplace {
 			out.Truncate(offset)
 		}
-		r.setAttrs(f, lp, isNew)
-		if err := out.Close(); err != nil {
+		r.setAttrs(f, op, isNew || op != lp)
+		err := out.Close()
+		if err == nil && op != lp {
+			if err = s.fs.PosixRename(op, lp); err == nil {
+				s.fs.Rmdir(path.Dir(op)) // if it is now empty
+			}
+		}
+		if err != nil {
 			s.fileError("rsync: [receiver] rename failed for %q: %s", r.rel(lp), strerror(err))
 			result = "failed: " + vfs.Strerror(err)
 			if isNew && !inplace {
-				s.fs.Remove(lp)
+				s.fs.Remove(op)
 			}
 		} else {
 			if s.o.times {

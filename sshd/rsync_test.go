@@ -572,10 +572,11 @@ func lineDiff(want, got string) string {
 
 // TestRsyncPartial kills the client in the middle of a file: with
 // --partial what arrived stays (mtime 0) and the next run builds on it;
-// without, the old file (or none) stays and no temp file is left.
+// with --partial-dir it stays in that directory and the old file is
+// intact; without either, the old file stays and no temp file is left.
 func TestRsyncPartial(t *testing.T) {
-	for _, partial := range []bool{true, false} {
-		t.Run(fmt.Sprintf("partial=%v", partial), func(t *testing.T) {
+	for _, mode := range []string{"--partial", "--partial-dir=.part", "--no-partial"} {
+		t.Run(mode, func(t *testing.T) {
 			ts := startServer(t)
 			ts.addUser("alice", "", "alice")
 			home := ts.home("alice")
@@ -583,53 +584,70 @@ func TestRsyncPartial(t *testing.T) {
 			data := randomBytes(3 << 20)
 			writeFile(t, filepath.Join(src, "big"), data)
 			old := []byte("the old content")
-			if !partial {
-				writeFile(t, filepath.Join(home, "dst", "big"), old)
+			dst := filepath.Join(home, "dst")
+			if mode != "--partial" {
+				writeFile(t, filepath.Join(dst, "big"), old)
 			}
-			args := []string{"-a", "--bwlimit=300", src + "/", "alice@127.0.0.1:dst/"}
-			if partial {
-				args = append([]string{"--partial"}, args...)
-			}
-			cmd := ts.rsyncExec("alice", args...)
+			cmd := ts.rsyncExec("alice", "-a", mode, "--bwlimit=300", src+"/", "alice@127.0.0.1:dst/")
 			cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
 			// Kill the client (and its ssh) once data has arrived.
 			waitFor(t, "data to arrive", func() bool {
-				entries, _ := os.ReadDir(filepath.Join(home, "dst"))
-				for _, e := range entries {
-					if fi, err := e.Info(); err == nil && fi.Size() > 0 && !bytes.Equal(old, mustRead(filepath.Join(home, "dst", e.Name()))) {
-						return true
+				found := false
+				filepath.Walk(dst, func(p string, fi fs.FileInfo, err error) error {
+					if err == nil && fi.Mode().IsRegular() && fi.Size() > 0 && !bytes.Equal(old, mustRead(p)) {
+						found = true
 					}
-				}
-				return false
+					return nil
+				})
+				return found
 			})
 			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 			cmd.Wait()
 			waitFor(t, "the server to end the transfer", func() bool { return strings.Contains(ts.logs.String(), "result=aborted") })
-			entries, _ := os.ReadDir(filepath.Join(home, "dst"))
-			if len(entries) != 1 {
-				t.Fatalf("after the kill the destination holds %v", entries)
-			}
-			got := mustRead(filepath.Join(home, "dst", "big"))
-			fi, _ := os.Stat(filepath.Join(home, "dst", "big"))
-			if partial {
-				if len(got) == 0 || len(got) >= len(data) || !bytes.Equal(got, data[:len(got)]) || fi.ModTime().Unix() != 0 {
-					t.Fatalf("partial file: %d bytes, prefix %v, mtime %v", len(got), bytes.Equal(got, data[:min(len(got), len(data))]), fi.ModTime())
+			got := mustRead(filepath.Join(dst, "big"))
+			fi, _ := os.Stat(filepath.Join(dst, "big"))
+			prefix := func(p []byte) bool { return len(p) > 0 && len(p) < len(data) && bytes.Equal(p, data[:len(p)]) }
+			var want []string
+			switch mode {
+			case "--partial":
+				if !prefix(got) || fi.ModTime().Unix() != 0 {
+					t.Fatalf("partial file: %d bytes, mtime %v", len(got), fi.ModTime())
 				}
-			} else if !bytes.Equal(got, old) {
-				t.Fatalf("the old file changed: %q", got[:min(len(got), 40)])
+				want = []string{"big"}
+			case "--partial-dir=.part":
+				if p := mustRead(filepath.Join(dst, ".part", "big")); !prefix(p) || !bytes.Equal(got, old) {
+					t.Fatalf("partial dir: %d bytes kept, old file %q", len(p), got)
+				}
+				want = []string{".part", "big"}
+			default:
+				if !bytes.Equal(got, old) {
+					t.Fatalf("the old file changed: %q", got[:min(len(got), 40)])
+				}
+				want = []string{"big"}
 			}
-			out, code := ts.rsyncCmd("alice", "-a", "--stats", "--partial", src+"/", "alice@127.0.0.1:dst/")
+			var names []string
+			entries, _ := os.ReadDir(dst)
+			for _, e := range entries {
+				names = append(names, e.Name())
+			}
+			if strings.Join(names, " ") != strings.Join(want, " ") {
+				t.Fatalf("after the kill the destination holds %v, want %v", names, want)
+			}
+			out, code := ts.rsyncCmd("alice", "-a", "--stats", mode, src+"/", "alice@127.0.0.1:dst/")
 			if code != 0 {
 				t.Fatalf("rerun: exit %d\n%s", code, out)
 			}
-			if !bytes.Equal(mustRead(filepath.Join(home, "dst", "big")), data) {
+			if !bytes.Equal(mustRead(filepath.Join(dst, "big")), data) {
 				t.Fatal("rerun: content differs")
 			}
-			if partial && strings.Contains(out, "Matched data: 0 bytes") {
+			if mode != "--no-partial" && strings.Contains(out, "Matched data: 0 bytes") {
 				t.Errorf("rerun did not use the partial file:\n%s", out)
+			}
+			if _, err := os.Stat(filepath.Join(dst, ".part")); err == nil {
+				t.Error("the partial directory is left")
 			}
 		})
 	}
