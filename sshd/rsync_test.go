@@ -743,3 +743,48 @@ func TestRsyncMisc(t *testing.T) {
 		t.Fatalf("push below a missing directory: exit %d\n%s", code, out)
 	}
 }
+
+// TestRsyncManyFiles sends a list of many files both ways: 10,000 by
+// default, SILO_RSYNC_MANY_FILES (a multiple of 1,000) if set; 100,000
+// work, but creating them takes most of a minute on a slow disk. The runs
+// are dry: what a list costs the server is the same.
+func TestRsyncManyFiles(t *testing.T) {
+	ts := startServer(t)
+	ts.addUser("alice", "", "alice")
+	home := ts.home("alice")
+	src := filepath.Join(home, "many")
+	dirs, per := 10, 1000
+	if n, err := strconv.Atoi(os.Getenv("SILO_RSYNC_MANY_FILES")); err == nil && n >= 1000 {
+		dirs = n / per
+	}
+	for d := range dirs {
+		dir := filepath.Join(src, fmt.Sprintf("d%03d", d))
+		os.MkdirAll(dir, 0o755)
+		cmd := exec.Command("sh", "-c", fmt.Sprintf("seq 1 %d | xargs touch", per))
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("touch: %v\n%s", err, out)
+		}
+	}
+	// The home's copy is also the client's source for the push.
+	for _, args := range [][]string{
+		{"-an", "--stats", "alice@127.0.0.1:many/", t.TempDir() + "/"},
+		{"-an", "--stats", src + "/", "alice@127.0.0.1:other/"},
+	} {
+		out, code := ts.rsyncCmd("alice", args...)
+		want := fmt.Sprintf("(reg: %s, dir: %d)", thousands(dirs*per), dirs+1)
+		if code != 0 || !strings.Contains(out, "Number of files: "+thousands(dirs*per+dirs+1)+" "+want) ||
+			!strings.Contains(out, "Number of regular files transferred: "+thousands(dirs*per)+"\n") {
+			t.Fatalf("rsync %v: exit %d\n%s", args, code, out)
+		}
+	}
+}
+
+// thousands formats n as rsync's --stats does: 100,000.
+func thousands(n int) string {
+	s := strconv.Itoa(n)
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
+}
