@@ -206,7 +206,7 @@ func (r *recv) generate() {
 		case <-r.phaseDone:
 			waiting = false
 		case e := <-r.died:
-			panic(e)
+			e.raise()
 		}
 	}
 	for len(r.redo) > 0 {
@@ -232,7 +232,7 @@ func (r *recv) generate() {
 	select {
 	case <-r.allDone:
 	case e := <-r.died:
-		panic(e)
+		e.raise()
 	}
 	if !s.o.dryRun {
 		for _, i := range dirs {
@@ -247,7 +247,7 @@ func (r *recv) generate() {
 func (r *recv) check() {
 	select {
 	case e := <-r.died:
-		panic(e)
+		e.raise()
 	default:
 	}
 }
@@ -667,12 +667,12 @@ func (r *recv) receive() {
 		if p := recover(); p != nil {
 			e, ok := p.(abort)
 			if !ok {
-				if p == errClientExit {
-					e = abort{code: 12}
-				} else {
-					e = abort{code: 12, msg: "rsync: [silo] internal error in the receiver"}
-					s.cfg.Log.Error("rsync receiver panic", "panic", p)
+				if p != errClientExit {
+					// A bug: the generator panics with it, as the
+					// session's own code would.
+					e.bug = p
 				}
+				e.code = 12
 			}
 			r.died <- e
 		}

@@ -42,6 +42,15 @@ const (
 type abort struct {
 	code int
 	msg  string // sent to the client when not empty
+	bug  any    // a panic of the receiver goroutine that was not an abort
+}
+
+// raise re-raises, in the generator, what ended the receiver.
+func (a abort) raise() {
+	if a.bug != nil {
+		panic(a.bug)
+	}
+	panic(a)
 }
 
 func fatalf(code int, format string, a ...any) {
