@@ -21,7 +21,7 @@ func TestVectors(t *testing.T) {
 	for _, v := range []int32{0, 0x7f, 0x80, 0x3fff, 0x4000, 0x1fffff, 0x200000, 0x0fffffff, 0x10000000, -1} {
 		b = appendVarint(b, v)
 	}
-	if got, want := hex.EncodeToString(b), "007f8080bfffc00040dfffffe0000020" + "efffffff" + "f000000010" + "f0ffffffff"; got != want {
+	if got, want := hex.EncodeToString(b), "007f8080bfffc00040dfffffe0000020"+"efffffff"+"f000000010"+"f0ffffffff"; got != want {
 		t.Errorf("varints: %s, want %s", got, want)
 	}
 	b = nil
@@ -202,7 +202,9 @@ func reg(name, content string) *file {
 	return &file{name: name, mode: sIFREG | 0o644, size: int64(len(content)), mtime: 1704164645}
 }
 
-func dir(name string) *file { return &file{name: name, mode: sIFDIR | 0o755, mtime: 1704164645, content: true} }
+func dir(name string) *file {
+	return &file{name: name, mode: sIFDIR | 0o755, mtime: 1704164645, content: true}
+}
 
 // The argument sets a fuzz input picks from with its first byte.
 var fuzzArgs = [][]string{
