@@ -283,8 +283,10 @@ func (o *options) long(name, val string) {
 		o.deleteExclude = true
 	case "max-delete":
 		o.maxDelete = o.number(name, val)
-	case "force", "ignore-errors":
-		o.ignoreErrors = o.ignoreErrors || name == "ignore-errors"
+	case "force":
+		// Directories in the way are removed when empty, whatever it says.
+	case "ignore-errors":
+		o.ignoreErrors = true
 	case "size-only":
 		o.sizeOnly = true
 	case "ignore-existing":
@@ -308,8 +310,8 @@ func (o *options) long(name, val string) {
 		}
 	case "checksum-choice", "cc":
 		o.checksumName = val
-		if v, _, _ := strings.Cut(val, ","); v != "md5" && v != "md4" && v != "auto" {
-			o.refuse(4, "the server does not support --checksum-choice=%s (it offers md5 and md4)", val)
+		if v, _, _ := strings.Cut(val, ","); v != "md5" && v != "auto" {
+			o.refuse(4, "the server does not support --checksum-choice=%s (it offers md5)", val)
 		}
 	case "checksum-seed":
 		o.seed, o.seedSet = int32(o.number(name, val)), true

@@ -91,21 +91,7 @@ func (s *session) dirNames(dir string) []string {
 	if dir == "" {
 		dir = "."
 	}
-	d, err := s.fs.ReadDir(vfs.Clean(dir))
-	if err != nil {
-		return nil
-	}
-	defer d.Close()
-	var names []string
-	for {
-		fis, err := d.Next(1024)
-		for _, fi := range fis {
-			names = append(names, fi.Name())
-		}
-		if err != nil || len(names) > 100000 {
-			break
-		}
-	}
+	names, _ := s.readDirAll(vfs.Clean(dir))
 	slices.Sort(names)
 	return names
 }

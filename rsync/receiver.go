@@ -31,7 +31,7 @@ type recv struct {
 	bad    map[string]bool // local directories that could not be made
 	inList map[string]bool // local paths of the live entries
 
-	redo      chan int32    // receiver -> generator: files to request again
+	redo      chan int32    // receiver -> generator: files to request again; never full
 	phaseDone chan struct{} // the receiver met the client's first NDX_DONE
 	allDone   chan struct{}
 	died      chan abort
@@ -72,7 +72,7 @@ func (s *session) receiver() {
 	}
 	list, ioErr := s.recvFileList()
 	r := &recv{s: s, list: list, ioErr: ioErr, okDirs: map[string]bool{}, bad: map[string]bool{},
-		inList: map[string]bool{}, newDirs: map[string]bool{}, redo: make(chan int32, 64), phaseDone: make(chan struct{}),
+		inList: map[string]bool{}, newDirs: map[string]bool{}, redo: make(chan int32, len(list)+1), phaseDone: make(chan struct{}),
 		allDone: make(chan struct{}), died: make(chan abort, 1)}
 	r.place(dest)
 	for i, f := range list {
@@ -785,7 +785,7 @@ func (r *recv) receiveFile(i int, f *file, redo bool) {
 			}
 		}
 		s.cfg.Log.Info("transfer", "path", lp, "direction", "upload", "bytes", literal,
-			"duration", time.Since(started).Round(time.Millisecond), "result", "aborted", "protocol", "rsync")
+			"duration", time.Since(started).Round(time.Millisecond), "result", "aborted")
 	}()
 	tr := s.newTokenReader()
 	var bbuf []byte
@@ -888,7 +888,7 @@ func (r *recv) receiveFile(i int, f *file, redo bool) {
 		}
 	}
 	s.cfg.Log.Info("transfer", "path", lp, "direction", "upload", "bytes", literal,
-		"duration", time.Since(started).Round(time.Millisecond), "result", result, "protocol", "rsync")
+		"duration", time.Since(started).Round(time.Millisecond), "result", result)
 }
 
 // success tells a client with --remove-source-files that file i is safe

@@ -244,7 +244,7 @@ func (s *session) sendOne(ndx int32, iflags int, f *file, src string) {
 		result = "failed: " + strerror(w.err)
 	}
 	s.cfg.Log.Info("transfer", "path", vfs.Clean(src), "direction", "download", "bytes", lit,
-		"duration", time.Since(started).Round(time.Millisecond), "result", result, "protocol", "rsync")
+		"duration", time.Since(started).Round(time.Millisecond), "result", result)
 }
 
 func (s *session) noSend(ndx int32) {
