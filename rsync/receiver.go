@@ -80,7 +80,11 @@ func (s *session) receiver() {
 			r.inList[r.local(i)] = true
 		}
 	}
-	go r.receive()
+	s.readerDone = make(chan struct{})
+	go func() {
+		defer close(s.readerDone)
+		r.receive()
+	}()
 	r.generate()
 	c.flush()
 }

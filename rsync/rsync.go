@@ -86,6 +86,9 @@ type session struct {
 	clientIOErr int32 // I/O-error bits the client reported
 	ioError     int32 // I/O-error bits of this side's list
 
+	// readerDone is closed when a push's receiver goroutine, the reader
+	// of the stream, has ended.
+	readerDone chan struct{}
 	// onIndex receives MSG_NO_SEND and MSG_SUCCESS indexes.
 	onIndex func(tag byte, ndx int32)
 	filters []rule
@@ -175,7 +178,18 @@ func (s *session) fail(e abort) int {
 // acknowledges the error exit with an empty MSG_ERROR_EXIT, for a bounded
 // time: closing first would make its last writes fail noisily.
 func (s *session) drain() {
-	done := make(chan struct{})
+	done := s.readerDone
+	if done != nil {
+		// The receiver goroutine still reads (the generator failed): it
+		// ends when the client acknowledges or goes.
+		select {
+		case <-done:
+		case <-s.ctx.Done():
+		case <-time.After(10 * time.Second):
+		}
+		return
+	}
+	done = make(chan struct{})
 	go func() {
 		defer close(done)
 		c := s.c
