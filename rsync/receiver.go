@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"silo/internal/strerror"
 	"silo/vfs"
 )
 
@@ -94,7 +95,7 @@ func (r *recv) place(dest string) {
 	s := r.s
 	vp, trailing, ok := argPath(dest)
 	if !ok {
-		fatalf(3, "rsync: [Receiver] change_dir %q failed: %s", dest, strerror(vfs.ErrEscape))
+		fatalf(3, "rsync: [Receiver] change_dir %q failed: %s", dest, errText(vfs.ErrEscape))
 	}
 	live := 0
 	for _, f := range r.list {
@@ -113,12 +114,12 @@ func (r *recv) place(dest string) {
 	case err == nil && live == 1 && r.list[0].isDir():
 		fatalf(3, "rsync: [Receiver] ERROR: cannot overwrite non-directory with a directory")
 	case err != nil && !errors.Is(err, fs.ErrNotExist):
-		fatalf(3, "rsync: [Receiver] change_dir#1 %q failed: %s", dest, strerror(err))
+		fatalf(3, "rsync: [Receiver] change_dir#1 %q failed: %s", dest, errText(err))
 	}
 	if live > 1 || trailing || (live == 1 && r.list[0].isDir()) || live == 0 {
 		if err != nil && !s.o.dryRun {
 			if err := s.mkdirs(vp); err != nil {
-				fatalf(3, "rsync: [Receiver] mkdir %q failed: %s", dest, strerror(err))
+				fatalf(3, "rsync: [Receiver] mkdir %q failed: %s", dest, errText(err))
 			}
 		}
 		if err != nil && s.o.verbose > 0 {
@@ -130,7 +131,7 @@ func (r *recv) place(dest string) {
 	}
 	parent := path.Dir(vp)
 	if pfi, err := s.fs.Stat(parent); err != nil || !pfi.IsDir() {
-		fatalf(3, "rsync: [Receiver] change_dir#3 %q failed: %s", path.Dir(dest), strerror(orErr(err, vfs.ErrNotDir)))
+		fatalf(3, "rsync: [Receiver] change_dir#3 %q failed: %s", path.Dir(dest), errText(orErr(err, vfs.ErrNotDir)))
 	}
 	r.root = parent
 	r.okDirs[parent] = true
@@ -270,7 +271,7 @@ func (r *recv) genDir(i int, f *file, lp string) bool {
 	if err == nil && !fi.IsDir() {
 		if !s.o.dryRun {
 			if err := s.fs.Remove(lp); err != nil {
-				s.fileError("rsync: [generator] cannot replace %q with a directory: %s", f.name, strerror(err))
+				s.fileError("rsync: [generator] cannot replace %q with a directory: %s", f.name, errText(err))
 				r.bad[lp] = true
 				return false
 			}
@@ -278,14 +279,14 @@ func (r *recv) genDir(i int, f *file, lp string) bool {
 		err = fs.ErrNotExist
 	}
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		s.fileError("rsync: [generator] recv_generator: failed to stat %q: %s", f.name, strerror(err))
+		s.fileError("rsync: [generator] recv_generator: failed to stat %q: %s", f.name, errText(err))
 		r.bad[lp] = true
 		return false
 	}
 	if err != nil {
 		if !s.o.dryRun {
 			if err := s.fs.Mkdir(lp); err != nil {
-				s.fileError("rsync: [generator] recv_generator: mkdir %q failed: %s", f.name, strerror(err))
+				s.fileError("rsync: [generator] recv_generator: mkdir %q failed: %s", f.name, errText(err))
 				r.bad[lp] = true
 				return false
 			}
@@ -334,7 +335,7 @@ func (r *recv) genLink(i int, f *file, lp string) {
 	}
 	if !s.o.dryRun {
 		if err := s.fs.Symlink(f.link, lp); err != nil {
-			s.fileError("rsync: [generator] symlink %q -> %q failed: %s", f.name, f.link, strerror(err))
+			s.fileError("rsync: [generator] symlink %q -> %q failed: %s", f.name, f.link, errText(err))
 			return
 		}
 	}
@@ -355,7 +356,7 @@ func (r *recv) makeWay(f *file, lp string, fi fs.FileInfo) bool {
 		err = s.fs.Remove(lp)
 	}
 	if err != nil {
-		s.fileError("rsync: [generator] could not make way for %q: %s", f.name, strerror(err))
+		s.fileError("rsync: [generator] could not make way for %q: %s", f.name, errText(err))
 		return false
 	}
 	return true
@@ -371,7 +372,7 @@ func (r *recv) genFile(i int, f *file, lp string, redo bool) {
 	fi, err := s.fs.Lstat(lp)
 	exists := err == nil
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		s.fileError("rsync: [generator] recv_generator: failed to stat %q: %s", f.name, strerror(err))
+		s.fileError("rsync: [generator] recv_generator: failed to stat %q: %s", f.name, errText(err))
 		return
 	}
 	if s.o.existing && !exists {
@@ -406,7 +407,7 @@ func (r *recv) genFile(i int, f *file, lp string, redo bool) {
 		old = fi.Size()
 	}
 	if err := s.roomFor(f.size - old); err != nil {
-		s.fileError("rsync: [receiver] write failed on %q: %s", r.rel(lp), strerror(err))
+		s.fileError("rsync: [receiver] write failed on %q: %s", r.rel(lp), errText(err))
 		return
 	}
 	iflags := itemTransfer
@@ -582,7 +583,7 @@ func (r *recv) deleteExtraneous(lp string) {
 	}
 	names, err := s.readDirAll(lp)
 	if err != nil {
-		s.fileError("rsync: [generator] opendir %q failed: %s", r.rel(lp), strerror(err))
+		s.fileError("rsync: [generator] opendir %q failed: %s", r.rel(lp), errText(err))
 		return
 	}
 	for _, n := range names {
@@ -646,7 +647,7 @@ func (r *recv) delete(lp string) bool {
 		}
 	}
 	if err != nil {
-		s.fileError("rsync: [generator] delete_file: %s %q failed: %s", map[bool]string{true: "rmdir", false: "unlink"}[fi.IsDir()], rel, strerror(err))
+		s.fileError("rsync: [generator] delete_file: %s %q failed: %s", map[bool]string{true: "rmdir", false: "unlink"}[fi.IsDir()], rel, errText(err))
 		return false
 	}
 	r.dels++
@@ -844,8 +845,8 @@ func (r *recv) receiveFile(i int, f *file, redo bool) {
 				s.fs.Remove(op)
 			}
 		}
-		s.fileError("rsync: [receiver] write failed on %q: %s", r.rel(lp), strerror(werr))
-		result = "failed: " + vfs.Strerror(werr)
+		s.fileError("rsync: [receiver] write failed on %q: %s", r.rel(lp), errText(werr))
+		result = "failed: " + strerror.Of(werr)
 	case !bytes.Equal(got, want[:]):
 		if inplace {
 			out.Truncate(offset)
@@ -876,8 +877,8 @@ func (r *recv) receiveFile(i int, f *file, redo bool) {
 			}
 		}
 		if err != nil {
-			s.fileError("rsync: [receiver] rename failed for %q: %s", r.rel(lp), strerror(err))
-			result = "failed: " + vfs.Strerror(err)
+			s.fileError("rsync: [receiver] rename failed for %q: %s", r.rel(lp), errText(err))
+			result = "failed: " + strerror.Of(err)
 			if isNew && !inplace {
 				s.fs.Remove(op)
 			}

@@ -24,8 +24,10 @@ import (
 	"path"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
+	"silo/internal/strerror"
 	"silo/vfs"
 )
 
@@ -408,33 +410,16 @@ func (s *session) setExit(code int) {
 	}
 }
 
-// strerror describes a vfs error as rsync prints errno: text and number.
-func strerror(err error) string {
-	text := vfs.Strerror(err)
-	var qe *vfs.QuotaError
-	if errors.As(err, &qe) {
-		return text
-	}
-	n := 5
-	switch text {
-	case "No such file or directory":
-		n = 2
-	case "Is a directory":
-		n = 21
-	case "Not a directory":
-		n = 20
-	case "File exists":
-		n = 17
-	case "Permission denied":
-		n = 13
-	case "No space left on device":
-		n = 28
-	case "File name too long":
-		n = 36
-	case "Too many levels of symbolic links":
-		n = 40
+// errText describes a vfs error as rsync prints errno: text and number.
+func errText(err error) string {
+	text := strerror.Of(err)
+	var errno syscall.Errno
+	switch {
+	case errors.As(err, &errno):
+	case errors.Is(err, vfs.ErrEscape):
+		errno = syscall.EACCES
 	default:
 		return text
 	}
-	return fmt.Sprintf("%s (%d)", text, n)
+	return fmt.Sprintf("%s (%d)", text, int(errno))
 }

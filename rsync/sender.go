@@ -213,7 +213,7 @@ func (s *session) sendOne(ndx int32, iflags int, f *file, src string) {
 			s.warn("file has vanished: %q", f.name)
 			s.setExit(24)
 		} else {
-			s.fileError("rsync: [sender] send_files failed to open %q: %s", f.name, strerror(err))
+			s.fileError("rsync: [sender] send_files failed to open %q: %s", f.name, errText(err))
 		}
 		if fh != nil {
 			fh.Close()
@@ -241,7 +241,7 @@ func (s *session) sendOne(ndx int32, iflags int, f *file, src string) {
 	if w.err != nil {
 		// The file shrank or could not be read: the client's check of
 		// the whole-file checksum fails and it asks again.
-		result = "failed: " + strerror(w.err)
+		result = "failed: " + errText(w.err)
 	}
 	s.cfg.Log.Info("transfer", "path", vfs.Clean(src), "direction", "download", "bytes", lit,
 		"duration", time.Since(started).Round(time.Millisecond), "result", result)
@@ -418,7 +418,7 @@ func (s *session) removeSent(f *file, src string) {
 		return
 	}
 	if err := s.fs.Remove(src); err != nil {
-		s.fileError("rsync: [sender] sender failed to remove %s: %s", f.name, strerror(err))
+		s.fileError("rsync: [sender] sender failed to remove %s: %s", f.name, errText(err))
 	} else if s.o.verbose > 0 {
 		s.info("sender removed %s", f.name)
 	}
@@ -472,7 +472,7 @@ func (b *listBuilder) addArg(a string) {
 	s := b.s
 	vp, contents, ok := argPath(a)
 	if !ok {
-		s.fileError("rsync: [sender] link_stat %q failed: %s", a, strerror(vfs.ErrEscape))
+		s.fileError("rsync: [sender] link_stat %q failed: %s", a, errText(vfs.ErrEscape))
 		return
 	}
 	fi, err := s.fs.Lstat(vp)
@@ -480,7 +480,7 @@ func (b *listBuilder) addArg(a string) {
 		if errors.Is(err, fs.ErrNotExist) && s.o.ignoreMissing {
 			return
 		}
-		s.fileError("rsync: [sender] link_stat %q failed: %s", a, strerror(err))
+		s.fileError("rsync: [sender] link_stat %q failed: %s", a, errText(err))
 		return
 	}
 	name := path.Base(vp)
@@ -492,11 +492,11 @@ func (b *listBuilder) addArg(a string) {
 			// "link/" names the directory the link leads to, inside the
 			// home.
 			if fi, err = s.fs.Stat(vp); err != nil || !fi.IsDir() {
-				s.fileError("rsync: [sender] change_dir %q failed: %s", a, strerror(orErr(err, vfs.ErrNotDir)))
+				s.fileError("rsync: [sender] change_dir %q failed: %s", a, errText(orErr(err, vfs.ErrNotDir)))
 				return
 			}
 		} else {
-			s.fileError("rsync: [sender] change_dir %q failed: %s", a, strerror(vfs.ErrNotDir))
+			s.fileError("rsync: [sender] change_dir %q failed: %s", a, errText(vfs.ErrNotDir))
 			return
 		}
 	}
@@ -537,7 +537,7 @@ func (b *listBuilder) entry(name, vp string, fi fs.FileInfo) *file {
 		if s.o.checksum {
 			sum, err := s.fileSum(vp)
 			if err != nil {
-				s.fileError("rsync: [sender] read errors mapping %q: %s", name, strerror(err))
+				s.fileError("rsync: [sender] read errors mapping %q: %s", name, errText(err))
 				return nil
 			}
 			f.sum = sum
@@ -548,7 +548,7 @@ func (b *listBuilder) entry(name, vp string, fi fs.FileInfo) *file {
 		if s.o.links {
 			target, err := s.fs.Readlink(vp)
 			if err != nil {
-				s.fileError("rsync: [sender] readlink_stat %q failed: %s", name, strerror(err))
+				s.fileError("rsync: [sender] readlink_stat %q failed: %s", name, errText(err))
 				return nil
 			}
 			f.link, f.size = target, int64(len(target))
@@ -574,7 +574,7 @@ func (b *listBuilder) walk(name, vp string, dev uint64, recurse bool) {
 	s := b.s
 	names, err := s.readDirAll(vp)
 	if err != nil {
-		s.fileError("rsync: [sender] opendir %q failed: %s", name, strerror(err))
+		s.fileError("rsync: [sender] opendir %q failed: %s", name, errText(err))
 		s.ioError |= 1
 	}
 	for _, n := range names {
@@ -586,7 +586,7 @@ func (b *listBuilder) walk(name, vp string, dev uint64, recurse bool) {
 		fi, err := s.fs.Lstat(cvp)
 		if err != nil {
 			if !errors.Is(err, fs.ErrNotExist) {
-				s.fileError("rsync: [sender] readlink_stat %q failed: %s", child, strerror(err))
+				s.fileError("rsync: [sender] readlink_stat %q failed: %s", child, errText(err))
 				s.ioError |= 1
 			}
 			continue

@@ -329,8 +329,9 @@ func TestRsyncQuota(t *testing.T) {
 	ts.addQuotaUser("alice", "alice", 20<<20, 0)
 	home := ts.home("alice")
 	src := filepath.Join(t.TempDir(), "src")
-	for _, n := range []string{"a", "b", "c"} {
-		writeFile(t, filepath.Join(src, n), randomBytes(10<<20))
+	// 30 MiB: a and b fit (with what the entries count), c does not.
+	for n, size := range map[string]int{"a": 9 << 20, "b": 9 << 20, "c": 12 << 20} {
+		writeFile(t, filepath.Join(src, n), randomBytes(size))
 	}
 	out, code := ts.rsyncCmd("alice", "-a", src+"/", "alice@127.0.0.1:dst/")
 	if code != 23 || !strings.Contains(out, `write failed on "c": quota exceeded`) {
