@@ -458,7 +458,7 @@ func TestRsyncOptions(t *testing.T) {
 	home := ts.home("alice")
 	work := t.TempDir()
 	src := filepath.Join(work, "src")
-	makeTree(t, src, 2<<20)
+	makeTree(t, src, 1<<20)
 	for _, c := range []struct {
 		state string
 		args  []string
