@@ -76,7 +76,7 @@ func makeTree(t *testing.T, dir string, big int) {
 	os.Remove(filepath.Join(dir, "emptydir/.keep-nothing"))
 	os.Chmod(filepath.Join(dir, "exec.sh"), 0o755)
 	os.Chmod(filepath.Join(dir, "private"), 0o700)
-	for link, target := range map[string]string{"link-small": "small.txt", "a/b/up": "../../a-b/x", "dangling": "nowhere"} {
+	for link, target := range map[string]string{"link-small": "small.txt", "a/b/down": "c/deep.txt", "dangling": "nowhere"} {
 		if err := os.Symlink(target, filepath.Join(dir, link)); err != nil {
 			t.Fatal(err)
 		}
@@ -288,6 +288,20 @@ func TestRsyncJail(t *testing.T) {
 	before := listing(t, ts.dir, false)
 	remote := "alice@127.0.0.1:"
 	local := t.TempDir()
+
+	// Links that could lead out are refused as SFTP refuses them; the
+	// rest of the push is done.
+	links := filepath.Join(t.TempDir(), "links")
+	writeFile(t, filepath.Join(links, "sub", "f"), []byte("f"))
+	os.Symlink("../sub/f", filepath.Join(links, "sub", "up"))
+	os.Symlink("/etc/passwd", filepath.Join(links, "abs"))
+	out, code := ts.rsyncCmd("alice", "-a", links+"/", remote+"links/")
+	if code != 23 || !strings.Contains(out, `symlink "sub/up" -> "../sub/f" failed: Permission denied`) ||
+		!strings.Contains(out, `symlink "abs" -> "/etc/passwd" failed: Permission denied`) ||
+		string(mustRead(filepath.Join(home, "links", "sub", "f"))) != "f" {
+		t.Errorf("push of links leading up or out: exit %d\n%s", code, out)
+	}
+	os.RemoveAll(filepath.Join(home, "links"))
 
 	for _, c := range []struct {
 		args []string
