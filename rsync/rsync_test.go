@@ -287,20 +287,20 @@ func TestHostileLists(t *testing.T) {
 	for _, c := range []struct {
 		name  string
 		files []*file
-		code  int
+		msg   string
 	}{
-		{"dotdot", []*file{dir("."), reg("../outside/x", "x")}, 2},
-		{"absolute", []*file{dir("."), reg("/etc/x", "x")}, 2},
-		{"long", []*file{dir("."), reg(long, "x")}, 2},
-		{"through a listed link", []*file{dir("."), {name: "l", mode: sIFLNK | 0o777, link: "/etc", size: 4}, reg("l/f", "x")}, 2},
-		{"through a planted link", []*file{dir("."), reg("out/x", "x")}, 2},
-		{"dot as a file", []*file{reg(".", "x")}, 2},
+		{"dotdot", []*file{dir("."), reg("../outside/x", "x")}, "unsafe pathname"},
+		{"absolute", []*file{dir("."), reg("/etc/x", "x")}, "unsafe pathname"},
+		{"long", []*file{dir("."), reg(long, "x")}, "overflow in a file-list name"},
+		{"through a listed link", []*file{dir("."), {name: "l", mode: sIFLNK | 0o777, link: "/etc", size: 4}, reg("l/f", "x")}, "not inside a directory of the transfer"},
+		{"through a planted link", []*file{dir("."), reg("out/x", "x")}, "not inside a directory of the transfer"},
+		{"dot as a file", []*file{reg(".", "x")}, "is not a directory"},
 	} {
 		for _, proto := range []int{27, 31} {
 			top := fuzzHome(t)
-			code, _ := serve(t, top, pushSeed(proto, c.files, map[int32]string{1: "x", 2: "x"}))
-			if code != c.code {
-				t.Errorf("%s at %d: exit %d, want %d", c.name, proto, code, c.code)
+			code, out := serve(t, top, pushSeed(proto, c.files, map[int32]string{1: "x", 2: "x"}))
+			if code != 2 || !bytes.Contains(out, []byte(c.msg)) {
+				t.Errorf("%s at %d: exit %d, want 2 and %q", c.name, proto, code, c.msg)
 			}
 			checkOutside(t, top)
 		}
