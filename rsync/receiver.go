@@ -9,6 +9,8 @@ import (
 	"os"
 	"path"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"silo/internal/strerror"
@@ -38,7 +40,16 @@ type recv struct {
 	died      chan abort
 
 	newDirs map[string]bool // directories this run made
-	deleted [5]int32        // files, dirs, links, devices, specials
+	// asked marks the files the generator requested: the receiver takes
+	// data for those only, so that no check of the generator's (the
+	// parent is a directory of the transfer, not a link) is bypassed.
+	asked []atomic.Bool
+	// decided is how many entries the generator has gone through, under
+	// mu; the receiver checks asked only once its index is decided.
+	mu      sync.Mutex
+	cond    *sync.Cond
+	decided int
+	deleted [5]int32 // files, dirs, links, devices, specials
 	dels    int
 }
 
@@ -73,8 +84,9 @@ func (s *session) receiver() {
 	}
 	list, ioErr := s.recvFileList()
 	r := &recv{s: s, list: list, ioErr: ioErr, okDirs: map[string]bool{}, bad: map[string]bool{},
-		inList: map[string]bool{}, newDirs: map[string]bool{}, redo: make(chan int32, len(list)+1), phaseDone: make(chan struct{}),
+		inList: map[string]bool{}, newDirs: map[string]bool{}, asked: make([]atomic.Bool, len(list)), redo: make(chan int32, len(list)+1), phaseDone: make(chan struct{}),
 		allDone: make(chan struct{}), died: make(chan abort, 1)}
+	r.cond = sync.NewCond(&r.mu)
 	r.place(dest)
 	for i, f := range list {
 		if !f.dead {
@@ -167,8 +179,10 @@ func (r *recv) rel(lp string) string {
 // per entry in index order, the phases, deletions and the goodbye.
 func (r *recv) generate() {
 	s, c := r.s, r.s.c
+	defer r.decide(len(r.list)) // also when the generator fails
 	var dirs []int
 	for i, f := range r.list {
+		r.decide(i)
 		if f.dead {
 			continue
 		}
@@ -200,6 +214,7 @@ func (r *recv) generate() {
 			s.warn("skipping non-regular file %q", f.name)
 		}
 	}
+	r.decide(len(r.list))
 	c.writeNdx(ndxDone)
 	c.flush()
 	// Phase 1: files that failed verification, with full checksums.
@@ -246,6 +261,25 @@ func (r *recv) generate() {
 	}
 	c.writeNdx(ndxDone)
 	c.flush()
+}
+
+// decide records that the entries before n are decided.
+func (r *recv) decide(n int) {
+	r.mu.Lock()
+	r.decided = max(r.decided, n)
+	r.mu.Unlock()
+	r.cond.Broadcast()
+}
+
+// wasAsked reports whether file i was requested, once the generator has
+// decided about it: a client only sends what it was asked for.
+func (r *recv) wasAsked(i int) bool {
+	r.mu.Lock()
+	for r.decided <= i {
+		r.cond.Wait()
+	}
+	r.mu.Unlock()
+	return r.asked[i].Swap(false)
 }
 
 // check re-raises a failure of the receiver goroutine in the generator.
@@ -424,6 +458,8 @@ func (r *recv) genFile(i int, f *file, lp string, redo bool) {
 	if s.o.checksum {
 		iflags |= itemReportChange
 	}
+	r.asked[i].Store(true)
+	r.decide(i + 1) // before the request goes: its data may come at once
 	c.wmu.Lock()
 	b := c.appendNdx(nil, int32(i))
 	c.wmu.Unlock()
@@ -710,8 +746,8 @@ func (r *recv) receive() {
 			continue
 		}
 		f := r.list[ndx]
-		if !f.isReg() || f.dead {
-			fatalf(2, "rsync: [silo] the client sent data for %q, which is not a file", f.name)
+		if !f.isReg() || f.dead || !r.wasAsked(int(ndx)) {
+			fatalf(2, "rsync: [silo] the client sent data for %q, which was not asked for", f.name)
 		}
 		r.receiveFile(int(ndx), f, dones > 0)
 	}
