@@ -68,8 +68,8 @@ crashtest:
 
 # Each fuzz target for FUZZTIME (60s), with the inputs it ran: the jail (path
 # mapping, os.Root, the link rule), sequences of link operations checked on
-# disk, users.toml parsing, the password verifier and an SFTP packet stream
-# into the real handlers.
+# disk, users.toml parsing, the password verifier, an SFTP packet stream
+# into the real handlers and an rsync client stream into the rsync server.
 FUZZTIME ?= 60s
 fuzz:
 	GO=$(GO) FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh

@@ -8,7 +8,7 @@ GO=${GO:-go}
 FUZZTIME=${FUZZTIME:-60s}
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-for target in vfs:FuzzRel vfs:FuzzLinks users:FuzzParse users:FuzzVerifyPassword sshd:FuzzSFTPStream sshd:FuzzClientCiphers; do
+for target in vfs:FuzzRel vfs:FuzzLinks users:FuzzParse users:FuzzVerifyPassword sshd:FuzzSFTPStream sshd:FuzzClientCiphers rsync:FuzzServer; do
   pkg=${target%%:*} name=${target#*:}
   if ! "$GO" test -run '^$' -fuzz "^$name\$" -fuzztime "$FUZZTIME" "./$pkg" >"$log" 2>&1; then
     cat "$log"

@@ -12,6 +12,7 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"silo/checksum"
+	"silo/rsync"
 	"silo/scp"
 	"silo/users"
 	"silo/vfs"
@@ -204,6 +205,11 @@ func (sess *session) exec(cmdline string) int {
 	if checksum.Is(args[0]) {
 		code := checksum.Run(sess.ctx, sess.fs, args[0], args[1:], stdio, stdio, stderr)
 		sess.log.Info("command", "command", args[0], "args", len(args)-1, "status", code)
+		return code
+	}
+	if rsync.IsServer(args) {
+		code := rsync.Run(sess.ctx, sess.fs, rsync.Config{User: sess.user.Name, Log: sess.log}, args[1:], sess.ch, sess.ch, sess.ch.Stderr())
+		sess.log.Info("command", "command", "rsync", "args", strings.Join(args[1:], " "), "status", code)
 		return code
 	}
 	if args[0] == "scp" {

@@ -1,0 +1,200 @@
+package rsync
+
+import (
+	"crypto/md5"
+	"encoding/binary"
+	"hash"
+
+	"golang.org/x/crypto/md4"
+)
+
+// sum1 is rsync's rolling checksum (checksum.c get_checksum1) over bytes
+// taken as signed: with unsigned bytes no block holding a byte >= 0x80
+// would ever match the client's.
+func sum1(p []byte) uint32 {
+	var s1, s2 uint32
+	for _, b := range p {
+		s1 += uint32(int8(b))
+		s2 += s1
+	}
+	return s1&0xffff | s2<<16
+}
+
+// rolling is sum1 over a window that slides one byte at a time.
+type rolling struct{ s1, s2 uint32 }
+
+func newRolling(p []byte) rolling {
+	var r rolling
+	for _, b := range p {
+		r.s1 += uint32(int8(b))
+		r.s2 += r.s1
+	}
+	return r
+}
+
+func (r rolling) value() uint32 { return r.s1&0xffff | r.s2<<16 }
+
+// roll drops out from the front of a window of n bytes, and appends in
+// unless the window is shrinking at the end of the file.
+func (r *rolling) roll(out byte, n int, in byte, grow bool) {
+	o := uint32(int8(out))
+	r.s1 -= o
+	r.s2 -= uint32(n) * o
+	if grow {
+		r.s1 += uint32(int8(in))
+		r.s2 += r.s1
+	}
+}
+
+// sums are the checksum algorithms of a session (section 5.2 of the
+// protocol notes): the strong block checksum, the whole-file checksum
+// and the -c list checksum.
+type sums struct {
+	md4       bool // protocols before 30
+	seedFirst bool // MD5 with the seed before the data (compat flag C)
+	seed      int32
+}
+
+func (s sums) seedBytes() []byte {
+	if s.seed == 0 {
+		return nil
+	}
+	return binary.LittleEndian.AppendUint32(nil, uint32(s.seed))
+}
+
+func (s sums) newPlain() hash.Hash {
+	if s.md4 {
+		return md4.New()
+	}
+	return md5.New()
+}
+
+// block is the strong checksum of one block.
+func (s sums) block(p []byte) [16]byte {
+	h := s.newPlain()
+	seed := s.seedBytes()
+	if s.seedFirst && !s.md4 {
+		h.Write(seed)
+		h.Write(p)
+	} else {
+		h.Write(p)
+		h.Write(seed)
+	}
+	var out [16]byte
+	h.Sum(out[:0])
+	return out
+}
+
+// file starts the checksum that follows a file's data: MD5 of the data
+// from protocol 30 on, MD4 of the seed and the data before.
+func (s sums) file() hash.Hash {
+	h := s.newPlain()
+	if s.md4 {
+		h.Write(s.seedBytes())
+	}
+	return h
+}
+
+// list starts the -c checksum of a file, which has no seed.
+func (s sums) list() hash.Hash { return s.newPlain() }
+
+// sumHead is the header of a file's block checksums (io.c read_sum_head).
+type sumHead struct {
+	count     int32
+	blength   int32
+	s2length  int32
+	remainder int32
+}
+
+func (h sumHead) flength() int64 {
+	n := int64(h.count) * int64(h.blength)
+	if h.remainder != 0 {
+		n -= int64(h.blength - h.remainder)
+	}
+	return n
+}
+
+// Bounds on what a client's header may make the sender hold.
+const (
+	maxBlockLen    = 128 << 10
+	maxBlockLenOld = 8 << 20 // before protocol 30 rsync allows 2^29; silo keeps memory bounded
+	maxBlocks      = 1 << 22
+)
+
+func (s *session) readSumHead() sumHead {
+	c := s.c
+	h := sumHead{count: c.int32(), blength: c.int32(), s2length: c.int32(), remainder: c.int32()}
+	maxLen := int32(maxBlockLen)
+	if s.proto < 30 {
+		maxLen = maxBlockLenOld
+	}
+	if h.count < 0 || h.count > maxBlocks || h.blength < 0 || h.blength > maxLen ||
+		h.s2length < 0 || h.s2length > 16 || h.remainder < 0 || h.remainder > h.blength ||
+		(h.count > 0 && h.blength == 0) {
+		fatalf(2, "rsync: [silo] invalid checksum header (count=%d blength=%d s2length=%d remainder=%d)",
+			h.count, h.blength, h.s2length, h.remainder)
+	}
+	return h
+}
+
+func appendSumHead(b []byte, h sumHead) []byte {
+	for _, v := range []int32{h.count, h.blength, h.s2length, h.remainder} {
+		b = binary.LittleEndian.AppendUint32(b, uint32(v))
+	}
+	return b
+}
+
+// blockSizes picks the block and strong-checksum lengths for a basis of
+// size n (generator.c sum_sizes_sqroot).
+func (s *session) blockSizes(n int64, full bool) sumHead {
+	maxLen := int64(maxBlockLen)
+	if s.proto < 30 {
+		maxLen = 1 << 29
+	}
+	if s.compress == compressZlib {
+		// Classic zlib feeds each matched block into its history, and
+		// the stock client's zlib takes at most a window (32 KiB) of it
+		// at once ("deflate on token returned 0"); before 31 a block
+		// over 64 KiB is also inserted wrongly (section 6 of the notes).
+		maxLen = 32 << 10
+	}
+	var bl int64
+	switch {
+	case s.o.blockSize > 0:
+		bl = min(int64(s.o.blockSize), maxLen)
+	case n <= 700*700:
+		bl = 700
+	default:
+		c, cnt := int64(1), 0
+		for l := n; l>>2 > 0; l >>= 2 {
+			c <<= 1
+			cnt++
+		}
+		if c >= maxLen {
+			bl = maxLen
+		} else {
+			for ; c >= 8; c >>= 1 {
+				bl |= c
+				if n < bl*bl {
+					bl &^= c
+				}
+			}
+			bl = max(bl, 700)
+		}
+	}
+	s2 := int64(16)
+	if !full {
+		b := int64(10)
+		for l := n; l>>1 > 0; l >>= 1 {
+			b += 2
+		}
+		for c := bl; c>>1 > 0 && b > 0; c >>= 1 {
+			b--
+		}
+		s2 = min(max((b+1-32+7)/8, 2), 16)
+	}
+	h := sumHead{blength: int32(bl), s2length: int32(s2)}
+	h.count = int32((n + bl - 1) / bl)
+	h.remainder = int32(n % bl)
+	return h
+}
