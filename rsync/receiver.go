@@ -513,14 +513,7 @@ func (s *session) roomFor(n int64) error {
 	if n <= 0 || s.o.dryRun {
 		return nil
 	}
-	st, err := s.fs.StatFS()
-	if err != nil || st.Frsize != 1 {
-		return nil // no byte limit on this home
-	}
-	if free := int64(st.Bavail); n > free {
-		return &vfs.QuotaError{Left: free, Limit: int64(st.Blocks)}
-	}
-	return nil
+	return s.fs.Room(n)
 }
 
 // sendSums sends the checksum header and the block checksums of the
