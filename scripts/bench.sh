@@ -5,7 +5,8 @@
 # Then, unless FSYNC_RUN=0, the put workloads again with silo's fsync = true,
 # the cost of durable uploads; and, unless HASH_RUN=0, `ssh silo md5sum` (and
 # the other checksum commands) against GNU coreutils on the same 1 GiB file.
-# Then, unless ORDER_RUN=0, the cost of a full out-of-order budget.
+# Then, unless ORDER_RUN=0, the cost of a full out-of-order budget; and, unless
+# RSYNC_RUN=0, rsync over ssh against OpenSSH running the rsync binary.
 #   Env: ROUNDS (default 5), ONLY (workload regex), SHARED (default ../shared),
 #        SILO_BENCH_PORT (default 2023); anything compare.sh takes.
 # Needs root (the reference sshd) and a built ./silo.
@@ -88,4 +89,44 @@ if [[ ${ORDER_RUN:-1} != 0 ]]; then
     awk '/^Benchmark/ {split($1, n, "/"); sub(/-[0-9]+$/, "", n[2]); mbs[n[2]] = $(NF-1)}
       END {printf "%-10s %10s %10s %8s\n", "workload", "held_MB/s", "mark_MB/s", "ratio";
            printf "%-10s %10.0f %10.0f %8.2f\n", "64MiB", mbs["held"], mbs["spilled"], mbs["spilled"] / mbs["held"]}'
+fi
+
+if [[ ${RSYNC_RUN:-1} != 0 ]]; then
+  # rsync over ssh: silo's built-in server against OpenSSH's sshd running
+  # the rsync binary (benchexec has a shell), alternated, a fresh target
+  # each time so that all of the data moves.
+  start_silo false
+  echo "## rsync -a -e 'ssh -c aes128-gcm@openssh.com': silo against OpenSSH + rsync"
+  src=$work/rsync-src
+  mkdir -p "$src/small" "$work/homes/bench"
+  head -c $((1 << 30)) /dev/urandom >"$src/big"
+  for i in $(seq 2000); do head -c 4096 /dev/urandom >"$src/small/f$i"; done
+  rsh() { echo "ssh -p $1 -i $key -c aes128-gcm@openssh.com -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"; }
+  ms() { local s e; s=$(date +%s%N); "$@" >/dev/null; e=$(date +%s%N); echo $(((e - s) / 1000000)); }
+  median() { printf '%s\n' "$@" | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+  run() { # run SERVER WORKLOAD -> milliseconds
+    local p dest home
+    if [[ $1 == silo ]]; then p=$port dest=bench@127.0.0.1 home=$work/homes/bench
+    else p=2222 dest=benchexec@127.0.0.1 home=/home/benchexec; fi
+    rm -rf "$home/rs" "$work/rsync-back" && mkdir -p "$home/rs" "$work/rsync-back"
+    [[ $1 == openssh ]] && chown benchexec: "$home/rs"
+    case $2 in
+      push_1GiB) ms rsync -a -e "$(rsh "$p")" "$src/big" "$dest:rs/" ;;
+      push_2000x4KiB) ms rsync -a -e "$(rsh "$p")" "$src/small/" "$dest:rs/" ;;
+      pull_1GiB) cp "$src/big" "$home/rs/"; [[ $1 == openssh ]] && chown -R benchexec: "$home/rs"
+        ms rsync -a -e "$(rsh "$p")" "$dest:rs/big" "$work/rsync-back/" ;;
+      pull_2000x4KiB) cp -r "$src/small/." "$home/rs/"; [[ $1 == openssh ]] && chown -R benchexec: "$home/rs"
+        ms rsync -a -e "$(rsh "$p")" "$dest:rs/" "$work/rsync-back/" ;;
+    esac
+  }
+  printf '%-16s %10s %10s %12s\n' workload silo_ms openssh_ms speed_ratio
+  for w in push_1GiB pull_1GiB push_2000x4KiB pull_2000x4KiB; do
+    s=() o=()
+    for ((i = 0; i < ${ROUNDS:-5}; i++)); do
+      if ((i % 2)); then o+=("$(run openssh $w)"); s+=("$(run silo $w)")
+      else s+=("$(run silo $w)"); o+=("$(run openssh $w)"); fi
+    done
+    sm=$(median "${s[@]}") om=$(median "${o[@]}")
+    printf '%-16s %10d %10d %12.2f\n' "$w" "$sm" "$om" "$(awk -v s="$sm" -v o="$om" 'BEGIN{print o / s}')"
+  done
 fi
