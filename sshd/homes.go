@@ -3,7 +3,6 @@ package sshd
 import (
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -25,7 +24,6 @@ type homes struct {
 	root      string // the default homes' directory
 	fsync     bool
 	idleClose time.Duration
-	log       *slog.Logger
 	// Test hooks: opening is called before a home is opened (and walked),
 	// closed after one is closed for being idle.
 	opening, closed func(dir string)
@@ -52,8 +50,8 @@ type openHome struct {
 
 type fileKey struct{ dev, ino uint64 }
 
-func newHomes(root string, fsync bool, idleClose time.Duration, log *slog.Logger) *homes {
-	return &homes{root: root, fsync: fsync, idleClose: idleClose, log: log, byDir: make(map[string]*openHome)}
+func newHomes(root string, fsync bool, idleClose time.Duration) *homes {
+	return &homes{root: root, fsync: fsync, idleClose: idleClose, byDir: make(map[string]*openHome)}
 }
 
 // errHomeTaken: a home is, or is inside, or holds, another user's home.

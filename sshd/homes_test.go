@@ -30,9 +30,23 @@ func TestHomeOpenDoesNotBlockOthers(t *testing.T) {
 		done <- err
 	}()
 	<-held
-	out, err := ts.sftpBatch("alice", auth{key: "alice"}, "put /etc/hostname h\nls -l h\n")
-	if err != nil {
-		t.Fatalf("alice while big's home is being opened: %v\n%s", err, out)
+	type result struct {
+		out string
+		err error
+	}
+	alice := make(chan result, 1)
+	go func() {
+		out, err := ts.sftpBatch("alice", auth{key: "alice"}, "put /etc/hostname h\nls -l h\n")
+		alice <- result{out, err}
+	}()
+	select {
+	case r := <-alice:
+		if r.err != nil {
+			t.Fatalf("alice while big's home is being opened: %v\n%s", r.err, r.out)
+		}
+	case <-time.After(time.Minute): // a hang bound, not a speed floor
+		close(release)
+		t.Fatal("alice's session waited for big's home to open")
 	}
 	close(release)
 	if err := <-done; err != nil {

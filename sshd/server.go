@@ -105,7 +105,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg:   cfg,
 		log:   cfg.Logger,
-		homes: newHomes(cfg.Homes, cfg.Fsync, cmp.Or(cfg.HomeIdleClose, defaultHomeIdleClose), cfg.Logger),
+		homes: newHomes(cfg.Homes, cfg.Fsync, cmp.Or(cfg.HomeIdleClose, defaultHomeIdleClose)),
 		all:   make(map[*connState]struct{}),
 		conns: make(map[string]map[*connState]struct{}),
 

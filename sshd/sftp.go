@@ -214,7 +214,8 @@ func (f *sftpFile) WriteAt(p []byte, off int64) (n int, err error) {
 	n, err = f.f.WriteAt(p, off)
 	f.written.Add(int64(n))
 	if err != nil {
-		f.failed.CompareAndSwap(nil, &err)
+		first := err // not the named result, which the return below rewrites
+		f.failed.CompareAndSwap(nil, &first)
 	}
 	return n, f.h.status(err)
 }
