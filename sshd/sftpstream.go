@@ -58,6 +58,10 @@ const (
 	fxOpUnsupported    = 8
 )
 
+// smallBody is the largest request body the stream reads into a buffer it
+// keeps: the heads of READ and WRITE, opens and closes of usual paths.
+const smallBody = 4 << 10
+
 // maxHandleLen bounds the handles the stream looks at: pkg/sftp's are short
 // decimal numbers, and a longer one is not a handle it gave out.
 const maxHandleLen = 64
@@ -410,13 +414,21 @@ func length(b []byte, off int) uint32 {
 	return binary.BigEndian.Uint32(b[off:])
 }
 
-// readBody reads n bytes of the current packet into a buffer of the
-// stream's, valid until the next call.
+// readBody reads n bytes of the current packet, valid until the next call:
+// into a small buffer of the stream's, or, for the rare large body (an
+// extended request or an unknown packet of up to 256 KiB), into one that
+// is not kept, so that an idle session holds no more than the small one.
 func (s *sftpStream) readBody(n uint32) ([]byte, error) {
-	if cap(s.buf) < int(n) {
-		s.buf = make([]byte, n)
+	var b []byte
+	switch {
+	case n > smallBody:
+		b = make([]byte, n)
+	case s.buf == nil:
+		s.buf = make([]byte, smallBody)
+		fallthrough
+	default:
+		b = s.buf[:n]
 	}
-	b := s.buf[:n]
 	if _, err := io.ReadFull(s.ch, b); err != nil {
 		return nil, err
 	}
