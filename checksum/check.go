@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"os"
 	"strings"
 )
 
@@ -19,7 +18,7 @@ func (r *run) checkFile(name string) bool {
 		display = "standard input"
 		src = r.stdin
 	} else {
-		f, err := r.fs.OpenFile(name, os.O_RDONLY)
+		f, err := r.open(name)
 		if err != nil {
 			fmt.Fprintf(r.errw, "%s: %s: %s\n", r.name, quote(name), describe(err))
 			return false

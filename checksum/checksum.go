@@ -23,6 +23,7 @@ import (
 	"golang.org/x/crypto/blake2b"
 
 	"silo/internal/strerror"
+	"silo/activity"
 	"silo/vfs"
 )
 
@@ -53,8 +54,9 @@ func Is(name string) bool {
 }
 
 // Run runs the command name with args (without the command name) and
-// returns its exit status. Reading stops, with status 1, when ctx ends.
-func Run(ctx context.Context, fsys *vfs.FS, name string, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+// returns its exit status. Reading stops, with status 1, when ctx ends. A
+// file the user may not read is reported to rep (which may be nil).
+func Run(ctx context.Context, fsys *vfs.FS, rep *activity.Conn, name string, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	alg, ok := algorithms[name]
 	if !ok {
 		fmt.Fprintf(stderr, "silo: command not supported: %s\n", name)
@@ -62,7 +64,7 @@ func Run(ctx context.Context, fsys *vfs.FS, name string, args []string, stdin io
 	}
 	out := bufio.NewWriter(stdout)
 	defer out.Flush()
-	r := &run{ctx: ctx, fs: fsys, name: name, alg: alg, bits: alg.bits, stdin: stdin, out: out, errw: stderr}
+	r := &run{ctx: ctx, fs: fsys, rep: rep, name: name, alg: alg, bits: alg.bits, stdin: stdin, out: out, errw: stderr}
 	files, err := r.parse(args)
 	if err != nil {
 		fmt.Fprintf(stderr, "%s: %v\nTry '%s --help' for more information.\n", name, err, name)
@@ -93,6 +95,7 @@ func Run(ctx context.Context, fsys *vfs.FS, name string, args []string, stdin io
 type run struct {
 	ctx   context.Context
 	fs    *vfs.FS
+	rep   *activity.Conn
 	name  string
 	alg   algorithm
 	bits  int
@@ -215,6 +218,15 @@ func (r *run) tagName(bits int) string {
 	return r.alg.tag
 }
 
+// open opens a file to read, and reports a refusal.
+func (r *run) open(name string) (*vfs.File, error) {
+	f, err := r.fs.OpenFile(name, os.O_RDONLY)
+	if err != nil {
+		r.rep.Refused("checksum", activity.Open, vfs.Clean(name), err)
+	}
+	return f, err
+}
+
 // digest hashes the named file ("-" is stdin).
 func (r *run) digest(name string, bits int) (string, error) {
 	h := r.alg.new(bits)
@@ -222,7 +234,7 @@ func (r *run) digest(name string, bits int) (string, error) {
 	if name == "-" {
 		src = r.stdin
 	} else {
-		f, err := r.fs.OpenFile(name, os.O_RDONLY)
+		f, err := r.open(name)
 		if err != nil {
 			return "", err
 		}

@@ -63,7 +63,7 @@ func TestRun(t *testing.T) {
 			args[i] = strings.ReplaceAll(args[i], "\x00", " ")
 		}
 		var out, errw strings.Builder
-		code := checksum.Run(context.Background(), fsys, args[0], args[1:], strings.NewReader(tc.stdin), &out, &errw)
+		code := checksum.Run(context.Background(), fsys, nil, args[0], args[1:], strings.NewReader(tc.stdin), &out, &errw)
 		if code != tc.code || out.String() != tc.out || errw.String() != tc.err {
 			t.Errorf("%s: got %d %q %q, want %d %q %q", tc.cmd, code, out.String(), errw.String(), tc.code, tc.out, tc.err)
 		}
@@ -81,7 +81,7 @@ func TestRunStopsWithContext(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	var out, errw strings.Builder
-	if code := checksum.Run(ctx, fsys, "sha512sum", []string{"big", "big"}, strings.NewReader(""), &out, &errw); code != 1 {
+	if code := checksum.Run(ctx, fsys, nil, "sha512sum", []string{"big", "big"}, strings.NewReader(""), &out, &errw); code != 1 {
 		t.Fatalf("sha512sum with its context done: status %d, output %q %q", code, out.String(), errw.String())
 	}
 }

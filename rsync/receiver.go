@@ -13,7 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"silo/internal/strerror"
+	"silo/activity"
 	"silo/vfs"
 )
 
@@ -304,7 +304,9 @@ func (r *recv) genDir(i int, f *file, lp string) bool {
 	fi, err := s.fs.Lstat(lp)
 	if err == nil && !fi.IsDir() {
 		if !s.o.dryRun {
-			if err := s.fs.Remove(lp); err != nil {
+			err := s.fs.Remove(lp)
+			s.report(activity.Remove, lp, "", err)
+			if err != nil {
 				s.fileError("rsync: [generator] cannot replace %q with a directory: %s", f.name, errText(err))
 				r.bad[lp] = true
 				return false
@@ -319,7 +321,9 @@ func (r *recv) genDir(i int, f *file, lp string) bool {
 	}
 	if err != nil {
 		if !s.o.dryRun {
-			if err := s.fs.Mkdir(lp); err != nil {
+			err := s.fs.Mkdir(lp)
+			s.report(activity.Mkdir, lp, "", err)
+			if err != nil {
 				s.fileError("rsync: [generator] recv_generator: mkdir %q failed: %s", f.name, errText(err))
 				r.bad[lp] = true
 				return false
@@ -368,7 +372,9 @@ func (r *recv) genLink(i int, f *file, lp string) {
 		return
 	}
 	if !s.o.dryRun {
-		if err := s.fs.Symlink(f.link, lp); err != nil {
+		err := s.fs.Symlink(f.link, lp)
+		s.report(activity.Symlink, lp, f.link, err)
+		if err != nil {
 			s.fileError("rsync: [generator] symlink %q -> %q failed: %s", f.name, f.link, errText(err))
 			return
 		}
@@ -386,8 +392,10 @@ func (r *recv) makeWay(f *file, lp string, fi fs.FileInfo) bool {
 	var err error
 	if fi.IsDir() {
 		err = s.fs.Rmdir(lp)
+		s.report(activity.Rmdir, lp, "", err)
 	} else {
 		err = s.fs.Remove(lp)
+		s.report(activity.Remove, lp, "", err)
 	}
 	if err != nil {
 		s.fileError("rsync: [generator] could not make way for %q: %s", f.name, errText(err))
@@ -659,20 +667,24 @@ func (r *recv) delete(lp string) bool {
 		}
 		if !s.o.dryRun {
 			err = s.fs.Rmdir(lp)
+			s.report(activity.Rmdir, lp, "", err)
 		}
 	case fi.Mode()&fs.ModeSymlink != 0:
 		kind = 2
 		if !s.o.dryRun {
 			err = s.fs.Remove(lp)
+			s.report(activity.Remove, lp, "", err)
 		}
 	case fi.Mode().IsRegular():
 		if !s.o.dryRun {
 			err = s.fs.Remove(lp)
+			s.report(activity.Remove, lp, "", err)
 		}
 	default:
 		kind = 4
 		if !s.o.dryRun {
 			err = s.fs.Remove(lp)
+			s.report(activity.Remove, lp, "", err)
 		}
 	}
 	if err != nil {
@@ -751,7 +763,7 @@ func (r *recv) receive() {
 func (r *recv) receiveFile(i int, f *file, redo bool) {
 	s, c := r.s, r.s.c
 	lp := r.local(i)
-	started := time.Now()
+	xfer := s.cfg.Activity.Start("rsync", activity.Upload, vfs.Clean(lp), f.size)
 	h := s.readSumHead()
 	appendMode := s.o.appendMode > 0 && !redo
 	inplace := s.o.inplace && !redo || appendMode
@@ -818,8 +830,7 @@ func (r *recv) receiveFile(i int, f *file, redo bool) {
 				s.fs.Remove(op)
 			}
 		}
-		s.cfg.Log.Info("transfer", "path", lp, "direction", "upload", "bytes", literal,
-			"duration", time.Since(started).Round(time.Millisecond), "result", "aborted")
+		xfer.EndBytes(literal, activity.ErrAborted)
 	}()
 	tr := s.newTokenReader()
 	var bbuf []byte
@@ -858,13 +869,14 @@ func (r *recv) receiveFile(i int, f *file, redo bool) {
 		if werr == nil {
 			_, werr = out.WriteAt(data, offset)
 		}
+		xfer.Add(int64(len(data)))
 		offset += int64(len(data))
 	}
 	var want [16]byte
 	c.read(want[:])
 	got := sum.Sum(nil)
 	done = true
-	result := "ok"
+	var result error
 	switch {
 	case werr != nil:
 		if out != nil {
@@ -875,7 +887,7 @@ func (r *recv) receiveFile(i int, f *file, redo bool) {
 			}
 		}
 		s.fileError("rsync: [receiver] write failed on %q: %s", r.rel(lp), errText(werr))
-		result = "failed: " + strerror.Of(werr)
+		result = werr
 	case !bytes.Equal(got, want[:]):
 		if inplace {
 			out.Truncate(offset)
@@ -887,7 +899,7 @@ func (r *recv) receiveFile(i int, f *file, redo bool) {
 				s.fs.Remove(op)
 			}
 		}
-		result = "failed verification"
+		result = errVerification
 		if redo {
 			s.fileError("ERROR: %s failed verification -- update discarded.", r.rel(lp))
 		} else {
@@ -907,7 +919,7 @@ func (r *recv) receiveFile(i int, f *file, redo bool) {
 		}
 		if err != nil {
 			s.fileError("rsync: [receiver] rename failed for %q: %s", r.rel(lp), errText(err))
-			result = "failed: " + strerror.Of(err)
+			result = err
 			if isNew && !inplace {
 				s.fs.Remove(op)
 			}
@@ -921,9 +933,12 @@ func (r *recv) receiveFile(i int, f *file, redo bool) {
 			r.success(i)
 		}
 	}
-	s.cfg.Log.Info("transfer", "path", lp, "direction", "upload", "bytes", literal,
-		"duration", time.Since(started).Round(time.Millisecond), "result", result)
+	xfer.EndBytes(literal, result)
 }
+
+// errVerification: a file rebuilt here did not match the sender's
+// whole-file checksum.
+var errVerification = errors.New("verification")
 
 // success tells a client with --remove-source-files that file i is safe
 // here, so that it may remove its copy.

@@ -27,6 +27,7 @@ import (
 	"syscall"
 	"time"
 
+	"silo/activity"
 	"silo/internal/strerror"
 	"silo/vfs"
 )
@@ -55,9 +56,16 @@ type Config struct {
 	// User is the account name, reported as the owner and group of every
 	// file.
 	User string
-	// Log receives one "transfer" line per file sent or received, with
-	// the fields of SFTP's.
+	// Log receives the session's diagnostics.
 	Log *slog.Logger
+	// Activity receives each file sent or received, and each change
+	// (mkdir, symlink, remove) and refusal; nil reports nothing.
+	Activity *activity.Conn
+}
+
+// report reports an operation on the virtual path vp to cfg.Activity.
+func (s *session) report(kind activity.Kind, vp, target string, err error) {
+	s.cfg.Activity.Op("rsync", kind, vfs.Clean(vp), target, "", err)
 }
 
 // IsServer reports whether args (a command line split into words) are an

@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"silo/activity"
 	"silo/vfs"
 )
 
@@ -189,7 +190,6 @@ func (s *session) sendOne(ndx int32, iflags int, f *file, src string) {
 			c.read(blocks[i].strong[:h.s2length])
 		}
 	}
-	started := time.Now()
 	fh, err := s.fs.OpenFile(src, os.O_RDONLY)
 	var size int64
 	if err == nil {
@@ -222,6 +222,7 @@ func (s *session) sendOne(ndx int32, iflags int, f *file, src string) {
 		return
 	}
 	defer fh.Close()
+	xfer := s.cfg.Activity.Start("rsync", activity.Download, vfs.Clean(src), size)
 	s.writeNdxAttrs(ndx, iflags)
 	c.write(appendSumHead(nil, h))
 	tw := s.newTokenWriter()
@@ -237,14 +238,10 @@ func (s *session) sendOne(ndx int32, iflags int, f *file, src string) {
 	lit := s.match(w, appendAt, h, blocks, tw, sum)
 	tw.end()
 	c.write(sum.Sum(nil))
-	result := "ok"
-	if w.err != nil {
-		// The file shrank or could not be read: the client's check of
-		// the whole-file checksum fails and it asks again.
-		result = "failed: " + errText(w.err)
-	}
-	s.cfg.Log.Info("transfer", "path", vfs.Clean(src), "direction", "download", "bytes", lit,
-		"duration", time.Since(started).Round(time.Millisecond), "result", result)
+	// A file that shrank or could not be read fails the client's check of
+	// the whole-file checksum, and it asks again.
+	xfer.Add(size)
+	xfer.EndBytes(lit, w.err)
 }
 
 func (s *session) noSend(ndx int32) {
@@ -417,7 +414,9 @@ func (s *session) removeSent(f *file, src string) {
 		s.warn("rsync: [sender] not removing %s: it changed since it was sent", f.name)
 		return
 	}
-	if err := s.fs.Remove(src); err != nil {
+	err = s.fs.Remove(src)
+	s.report(activity.Remove, src, "", err)
+	if err != nil {
 		s.fileError("rsync: [sender] sender failed to remove %s: %s", f.name, errText(err))
 	} else if s.o.verbose > 0 {
 		s.info("sender removed %s", f.name)

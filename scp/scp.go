@@ -23,6 +23,7 @@ import (
 	"syscall"
 	"time"
 
+	"silo/activity"
 	"silo/vfs"
 )
 
@@ -79,10 +80,11 @@ func parse(args []string) (options, error) {
 
 // Run serves one scp command (args after "scp") over in and out, and
 // returns the exit status: 0, or 1 if anything failed. Errors also reach
-// the client as protocol error lines, which it prints.
-func Run(ctx context.Context, fsys *vfs.FS, args []string, in io.Reader, out io.Writer) int {
+// the client as protocol error lines, which it prints. Transfers, changes
+// and refusals are reported to rep (which may be nil).
+func Run(ctx context.Context, fsys *vfs.FS, rep *activity.Conn, args []string, in io.Reader, out io.Writer) int {
 	o, err := parse(args)
-	s := &session{ctx: ctx, fs: fsys, in: bufio.NewReaderSize(in, 64<<10), out: out, o: o}
+	s := &session{ctx: ctx, fs: fsys, rep: rep, in: bufio.NewReaderSize(in, 64<<10), out: out, o: o}
 	if err != nil {
 		s.fatal("%v", err)
 		return 1
@@ -105,6 +107,7 @@ func Run(ctx context.Context, fsys *vfs.FS, args []string, in io.Reader, out io.
 type session struct {
 	ctx    context.Context
 	fs     *vfs.FS
+	rep    *activity.Conn
 	in     *bufio.Reader
 	out    io.Writer
 	o      options
@@ -186,6 +189,17 @@ var errSkip = errors.New("scp: skipped")
 // empty, "." or "..".
 func validName(name string) bool {
 	return name != "" && name != "." && name != ".." && !strings.ContainsAny(name, "/\x00")
+}
+
+// setstat applies -p's or a new file's mode, and -p's times, and reports
+// each as a change.
+func (s *session) setstat(np string, mode fs.FileMode, chmod bool, times *[2]time.Time) {
+	if chmod {
+		s.rep.Op("scp", activity.Setstat, vfs.Clean(np), "", fmt.Sprintf("chmod %04o", mode), s.fs.Chmod(np, mode))
+	}
+	if times != nil {
+		s.rep.Op("scp", activity.Setstat, vfs.Clean(np), "", "times", s.fs.Chtimes(np, times[1], times[0]))
+	}
 }
 
 // join makes a virtual path from a directory and a name.

@@ -28,7 +28,7 @@ func home(t *testing.T, lim vfs.Limits) (*vfs.FS, string) {
 // whole: the sink reads records, the source reads acknowledgements.
 func run(fsys *vfs.FS, args, in string) (int, string) {
 	var out bytes.Buffer
-	code := scp.Run(context.Background(), fsys, strings.Fields(args), strings.NewReader(in), &out)
+	code := scp.Run(context.Background(), fsys, nil, strings.Fields(args), strings.NewReader(in), &out)
 	return code, out.String()
 }
 

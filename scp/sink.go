@@ -10,7 +10,9 @@ import (
 	"strings"
 	"time"
 
+	"silo/activity"
 	"silo/internal/strerror"
+	"silo/vfs"
 )
 
 // sink receives into target: a directory that the sent entries go into, or
@@ -113,7 +115,9 @@ func (s *session) sinkDir(np string, mode fs.FileMode, times *[2]time.Time) erro
 		s.warn("%s: Not a directory", np)
 		return nil
 	case err != nil:
-		if err := s.fs.Mkdir(np); err != nil {
+		err := s.fs.Mkdir(np)
+		s.rep.Op("scp", activity.Mkdir, vfs.Clean(np), "", "", err)
+		if err != nil {
 			s.warn("%s: %s", np, strerror.Of(err))
 			return nil
 		}
@@ -125,10 +129,7 @@ func (s *session) sinkDir(np string, mode fs.FileMode, times *[2]time.Time) erro
 		return err
 	}
 	if s.o.preserve {
-		s.fs.Chmod(np, mode)
-		if times != nil {
-			s.fs.Chtimes(np, times[1], times[0])
-		}
+		s.setstat(np, mode, true, times)
 	}
 	return nil
 }
@@ -141,12 +142,15 @@ func (s *session) receive(np string, mode fs.FileMode, size int64, times *[2]tim
 	existed := statErr == nil
 	f, err := s.fs.OpenFile(np, os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
 	if err != nil {
+		s.rep.Refused("scp", activity.Open, vfs.Clean(np), err)
 		s.warn("%s: %s", np, strerror.Of(err))
 		return nil // the source skips this file's data
 	}
+	tr := s.rep.Start("scp", activity.Upload, vfs.Clean(np), size)
 	if err := s.ack(); err != nil {
 		f.Abort()
 		f.Close()
+		tr.End(activity.ErrAborted)
 		return errStop
 	}
 	buf := make([]byte, min(size, 256<<10))
@@ -156,10 +160,13 @@ func (s *session) receive(np string, mode fs.FileMode, size int64, times *[2]tim
 		if _, err := io.ReadFull(s.in, buf[:n]); err != nil {
 			f.Abort()
 			f.Close()
+			tr.End(activity.ErrAborted)
 			return errStop
 		}
 		if werr == nil {
-			_, werr = f.WriteAt(buf[:n], off)
+			var k int
+			k, werr = f.WriteAt(buf[:n], off)
+			tr.Add(int64(k))
 		}
 		off += n
 	}
@@ -168,6 +175,7 @@ func (s *session) receive(np string, mode fs.FileMode, size int64, times *[2]tim
 		// the file. The source still waits for a reply.
 		f.Abort()
 		f.Close()
+		tr.End(activity.ErrAborted)
 		if errors.Is(err, errStop) {
 			return err
 		}
@@ -177,18 +185,17 @@ func (s *session) receive(np string, mode fs.FileMode, size int64, times *[2]tim
 	if cerr := f.Close(); werr == nil {
 		werr = cerr
 	}
+	tr.End(werr)
 	if werr != nil {
 		s.warn("%s: %s", np, strerror.Of(werr))
 		return nil
 	}
 	// As OpenSSH: a new file takes the sender's mode, an existing one only
 	// with -p.
-	if !existed || s.o.preserve {
-		s.fs.Chmod(np, mode)
+	if !s.o.preserve {
+		times = nil
 	}
-	if s.o.preserve && times != nil {
-		s.fs.Chtimes(np, times[1], times[0])
-	}
+	s.setstat(np, mode, !existed || s.o.preserve, times)
 	return s.ackOrStop()
 }
 

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 
+	"silo/activity"
 	"silo/internal/strerror"
 	"silo/vfs"
 )
@@ -119,10 +120,12 @@ func (s *session) sendTimes(fi fs.FileInfo) error {
 func (s *session) sendFile(name, base string, fi fs.FileInfo) error {
 	f, err := s.fs.OpenFile(name, os.O_RDONLY)
 	if err != nil {
+		s.rep.Refused("scp", activity.Open, vfs.Clean(name), err)
 		s.warn("%s: %s", name, strerror.Of(err))
 		return nil
 	}
 	defer f.Close()
+	tr := s.rep.Start("scp", activity.Download, vfs.Clean(name), fi.Size())
 	if err := s.sendTimes(fi); err != nil {
 		return skipOrStop(err)
 	}
@@ -146,14 +149,20 @@ func (s *session) sendFile(name, base string, fi fs.FileInfo) error {
 			}
 		}
 		if _, err := s.out.Write(buf[:n]); err != nil {
+			tr.End(activity.ErrAborted)
 			return errStop
 		}
+		tr.Add(n)
 		off += n
 	}
 	if rerr != nil {
+		tr.End(rerr)
 		s.warn("%s: %s", name, strerror.Of(rerr))
 	} else if err := s.ack(); err != nil {
+		tr.End(activity.ErrAborted)
 		return errStop
+	} else {
+		tr.End(nil)
 	}
 	return skipOrStop(s.response())
 }
@@ -168,6 +177,7 @@ func (s *session) sendDir(name, base string, fi fs.FileInfo) error {
 	}
 	d, err := s.fs.ReadDir(name)
 	if err != nil {
+		s.rep.Refused("scp", activity.List, vfs.Clean(name), err)
 		s.warn("%s: %s", name, strerror.Of(err))
 	} else {
 		defer d.Close()

@@ -154,6 +154,7 @@ func (a *connAuth) logAttempt(c gossh.ConnMetadata, method string, err error) {
 	if err != nil && method != "none" && !errors.Is(err, errTooManyConns) && !errors.Is(err, io.EOF) {
 		stateOf(c).failedAttempt(err)
 	}
+	a.s.reportAttempt(c, method, err)
 	switch {
 	case err == nil:
 		a.s.log.Info("login", attrs...)

@@ -12,6 +12,7 @@ import (
 
 	gossh "golang.org/x/crypto/ssh"
 
+	"silo/activity"
 	"silo/users"
 )
 
@@ -47,6 +48,8 @@ type connState struct {
 	running    atomic.Int32 // exec commands running
 	working    atomic.Int32 // ... of which not waiting on their channel
 	lastActive atomic.Int64 // unix nanoseconds of the last SFTP request, command I/O or command end
+
+	mon *activity.Conn // what the monitor knows of it; set before the SSH handshake starts
 }
 
 // connAddr is the remote address of a connection served by silo: the one
@@ -131,6 +134,9 @@ func (s *Server) serveConn(c net.Conn) {
 	st.grace = time.AfterFunc(s.gate.limits().LoginGraceTime, st.graceExpired)
 	st.mu.Unlock()
 	if s.track(st) {
+		st.mon = s.mon.Connect(activity.ConnInfo{Remote: st.remote, Close: func() { st.raw.Close() },
+			LastActive: func() time.Time { return time.Unix(0, st.lastActive.Load()) }})
+		defer st.mon.Close()
 		fc := newFlushConn(c, &connAddr{c.RemoteAddr(), st})
 		st.mu.Lock()
 		st.fc = fc

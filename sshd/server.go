@@ -28,6 +28,7 @@ import (
 	gssh "github.com/gliderlabs/ssh"
 	gossh "golang.org/x/crypto/ssh"
 
+	"silo/activity"
 	"silo/users"
 	"silo/vfs"
 )
@@ -51,6 +52,10 @@ type Config struct {
 	Limits        Limits
 	Penalties     Penalties
 	Logger        *slog.Logger
+	// Monitor receives every connection, transfer and change (package
+	// activity); New subscribes the audit log, written to Logger, to it.
+	// nil: a monitor of the server's own.
+	Monitor *activity.Monitor
 }
 
 // Server is an SSH server for silo's users.
@@ -58,6 +63,7 @@ type Server struct {
 	cfg Config
 	log *slog.Logger
 	ssh *gssh.Server
+	mon *activity.Monitor
 
 	gate *gate
 
@@ -102,9 +108,14 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Monitor == nil {
+		cfg.Monitor = activity.New(nil)
+	}
+	cfg.Monitor.Subscribe(activity.NewAudit(cfg.Logger))
 	s := &Server{
 		cfg:   cfg,
 		log:   cfg.Logger,
+		mon:   cfg.Monitor,
 		homes: newHomes(cfg.Homes, cfg.Fsync, cmp.Or(cfg.HomeIdleClose, defaultHomeIdleClose)),
 		all:   make(map[*connState]struct{}),
 		conns: make(map[string]map[*connState]struct{}),
@@ -116,6 +127,7 @@ func New(cfg Config) (*Server, error) {
 	s.log.Info("file descriptors", "limit", fdLimit, "sftp_handles", s.maxHandles)
 	s.gate = newGate(cfg.Limits, cfg.Penalties, func(src netip.Prefix, until time.Time) {
 		s.log.Warn("source blocked", "source", src.String(), "until", until.Format(time.RFC3339))
+		s.mon.Report(activity.Event{Kind: activity.Blocked, Remote: src.String(), Detail: until.Format(time.RFC3339)})
 	})
 	hostSigners := make([]gssh.Signer, len(cfg.HostSigners))
 	for i, k := range cfg.HostSigners {

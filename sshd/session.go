@@ -56,6 +56,8 @@ func (s *Server) handleSession(_ *gssh.Server, conn *gossh.ServerConn, nc gossh.
 		return
 	}
 	defer st.sessions.Add(-1)
+	st.mon.SessionOpened()
+	defer st.mon.SessionClosed()
 	// The connection was registered as the user's at login, so a user
 	// removed from now on has it closed; one removed before is not found.
 	u, ok := s.cfg.Users.Lookup(name)
@@ -203,17 +205,17 @@ func (sess *session) exec(cmdline string) int {
 		return run(sess.ctx, stdio, stdio)
 	}
 	if checksum.Is(args[0]) {
-		code := checksum.Run(sess.ctx, sess.fs, args[0], args[1:], stdio, stdio, stderr)
+		code := checksum.Run(sess.ctx, sess.fs, sess.st.mon, args[0], args[1:], stdio, stdio, stderr)
 		sess.log.Info("command", "command", args[0], "args", len(args)-1, "status", code)
 		return code
 	}
 	if rsync.IsServer(args) {
-		code := rsync.Run(sess.ctx, sess.fs, rsync.Config{User: sess.user.Name, Log: sess.log}, args[1:], sess.ch, sess.ch, sess.ch.Stderr())
+		code := rsync.Run(sess.ctx, sess.fs, rsync.Config{User: sess.user.Name, Log: sess.log, Activity: sess.st.mon}, args[1:], sess.ch, sess.ch, sess.ch.Stderr())
 		sess.log.Info("command", "command", "rsync", "args", strings.Join(args[1:], " "), "status", code)
 		return code
 	}
 	if args[0] == "scp" {
-		code := scp.Run(sess.ctx, sess.fs, args[1:], stdio, stdio)
+		code := scp.Run(sess.ctx, sess.fs, sess.st.mon, args[1:], stdio, stdio)
 		sess.log.Info("command", "command", "scp", "args", strings.Join(args[1:], " "), "status", code)
 		return code
 	}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/pkg/sftp"
 
+	"silo/activity"
 	"silo/vfs"
 )
 
@@ -103,12 +104,14 @@ func serveSFTP(ctx context.Context, ch io.ReadWriteCloser, h *sftpHandler, touch
 // Fileread opens a file for reading.
 func (h *sftpHandler) Fileread(r *sftp.Request) (_ io.ReaderAt, err error) {
 	defer h.recover(&err)
+	defer h.timed("open")()
 	if err := h.takeHandle(); err != nil {
 		return nil, err
 	}
 	f, err := h.fs.OpenFile(r.Filepath, os.O_RDONLY)
 	if err != nil {
 		h.release()
+		h.st.mon.Refused("sftp", activity.Open, vfs.Clean(r.Filepath), err)
 		return nil, h.status(err)
 	}
 	return h.newFile(f, true, false, false), nil
@@ -155,12 +158,14 @@ func (h *sftpHandler) open(r *sftp.Request) (*sftpFile, error) {
 	if pf.Excl {
 		flag |= os.O_EXCL
 	}
+	defer h.timed("open")()
 	if err := h.takeHandle(); err != nil {
 		return nil, err
 	}
 	f, err := h.fs.OpenFile(r.Filepath, flag)
 	if err != nil {
 		h.release()
+		h.st.mon.Refused("sftp", activity.Open, vfs.Clean(r.Filepath), err)
 		return nil, h.status(err)
 	}
 	var size int64
@@ -185,24 +190,34 @@ type sftpFile struct {
 	write     bool
 	appending bool
 	appendAt  atomic.Int64 // where the next write of an APPEND handle goes
-	opened    time.Time
 	read      atomic.Int64
 	written   atomic.Int64
 	aborted   atomic.Bool
 	failed    atomic.Pointer[error] // the first write that failed
+	tr        *activity.Transfer    // in the live view until Close
 }
 
 func (h *sftpHandler) newFile(f *vfs.File, read, write, appending bool) *sftpFile {
 	h.st.handles.Add(1)
-	file := &sftpFile{f: f, h: h, canRead: read, write: write, appending: appending, opened: time.Now()}
+	file := &sftpFile{f: f, h: h, canRead: read, write: write, appending: appending}
+	if write {
+		file.tr = h.st.mon.Start("sftp", activity.Upload, f.Name(), -1)
+	} else {
+		size, _ := f.Size()
+		file.tr = h.st.mon.Start("sftp", activity.Download, f.Name(), size)
+	}
 	h.stream.opened(file)
 	return file
 }
 
 func (f *sftpFile) ReadAt(p []byte, off int64) (n int, err error) {
 	defer f.h.recover(&err)
+	defer f.h.timed("read")()
 	n, err = f.f.ReadAt(p, off)
 	f.read.Add(int64(n))
+	if !f.write {
+		f.tr.Add(int64(n))
+	}
 	if err != nil && err != io.EOF {
 		err = f.h.status(err)
 	}
@@ -211,8 +226,10 @@ func (f *sftpFile) ReadAt(p []byte, off int64) (n int, err error) {
 
 func (f *sftpFile) WriteAt(p []byte, off int64) (n int, err error) {
 	defer f.h.recover(&err)
+	defer f.h.timed("write")()
 	n, err = f.f.WriteAt(p, off)
 	f.written.Add(int64(n))
+	f.tr.Add(int64(n))
 	if err != nil {
 		first := err // not the named result, which the return below rewrites
 		f.failed.CompareAndSwap(nil, &first)
@@ -225,23 +242,22 @@ func (f *sftpFile) Close() (err error) {
 	err = f.f.Close()
 	f.h.release()
 	f.h.st.handles.Add(-1)
-	if f.write || f.read.Load() > 0 {
-		result := "ok"
-		switch failed := f.failed.Load(); {
-		case f.aborted.Load():
-			result = "aborted"
-		case failed != nil:
-			result = "failed: " + f.h.status(*failed).Error()
-		case err != nil:
-			result = "failed: " + f.h.status(err).Error()
-		}
-		dir, n := "download", f.read.Load()
-		if f.write {
-			dir, n = "upload", f.written.Load()
-		}
-		f.h.log.Info("transfer", "path", f.f.Name(), "direction", dir, "bytes", n,
-			"duration", time.Since(f.opened).Round(time.Millisecond), "result", result)
+	if !f.write && f.read.Load() == 0 {
+		f.tr.Discard()
+		return f.h.status(err)
 	}
+	result := err
+	switch failed := f.failed.Load(); {
+	case f.aborted.Load():
+		result = activity.ErrAborted
+	case failed != nil:
+		result = *failed
+	}
+	n := f.read.Load()
+	if f.write {
+		n = f.written.Load()
+	}
+	f.tr.EndBytes(n, result)
 	return f.h.status(err)
 }
 
@@ -255,6 +271,7 @@ func (f *sftpFile) TransferError(error) {
 // Filecmd runs the requests that change the tree.
 func (h *sftpHandler) Filecmd(r *sftp.Request) (err error) {
 	defer h.recover(&err)
+	defer h.timed(strings.ToLower(r.Method))()
 	switch r.Method {
 	case "Setstat":
 		err = h.setstat(r)
@@ -272,17 +289,21 @@ func (h *sftpHandler) Filecmd(r *sftp.Request) (err error) {
 		// the stream has put other clients' fields in that order.
 		err = h.fs.Symlink(r.Filepath, r.Target)
 	case "Link":
-		return &statusError{sftp.ErrSSHFxOpUnsupported, "hard links are not supported: " + vfs.Clean(r.Target)}
+		err = &statusError{sftp.ErrSSHFxOpUnsupported, "hard links are not supported: " + vfs.Clean(r.Target)}
 	default:
 		return sftp.ErrSSHFxOpUnsupported
 	}
+	h.reportCmd(r, err)
 	return h.status(err)
 }
 
 // PosixRename replaces the target atomically if it exists.
 func (h *sftpHandler) PosixRename(r *sftp.Request) (err error) {
 	defer h.recover(&err)
-	return h.status(h.fs.PosixRename(r.Filepath, r.Target))
+	defer h.timed("posix-rename")()
+	err = h.fs.PosixRename(r.Filepath, r.Target)
+	h.st.mon.Op("sftp", activity.Rename, vfs.Clean(r.Filepath), vfs.Clean(r.Target), "replace", err)
+	return h.status(err)
 }
 
 // setstat applies size (truncate or extend), permissions (masked to 0777) and
@@ -345,6 +366,7 @@ func (h *sftpHandler) StatVFS(r *sftp.Request) (_ *sftp.StatVFS, err error) {
 // Filelist serves opendir/readdir ("List") and stat ("Stat").
 func (h *sftpHandler) Filelist(r *sftp.Request) (_ sftp.ListerAt, err error) {
 	defer h.recover(&err)
+	defer h.timed(strings.ToLower(r.Method))()
 	switch r.Method {
 	case "List":
 		if err := h.takeHandle(); err != nil {
@@ -353,6 +375,7 @@ func (h *sftpHandler) Filelist(r *sftp.Request) (_ sftp.ListerAt, err error) {
 		d, err := h.fs.ReadDir(r.Filepath)
 		if err != nil {
 			h.release()
+			h.st.mon.Refused("sftp", activity.List, vfs.Clean(r.Filepath), err)
 			return nil, h.status(err)
 		}
 		return &dirLister{d: d, h: h}, nil

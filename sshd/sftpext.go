@@ -199,6 +199,9 @@ func (h *sftpHandler) copyData(a *fields) error {
 			if _, err := dst.f.WriteAt(buf[:r], int64(woff+done)); err != nil {
 				return h.status(err)
 			}
+			// The copy is the destination handle's upload.
+			dst.written.Add(int64(r))
+			dst.tr.Add(int64(r))
 			done += uint64(r)
 		}
 		if rerr == io.EOF || r == 0 && rerr == nil {
