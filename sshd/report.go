@@ -93,3 +93,24 @@ func (h *sftpHandler) timed(op string) func() {
 	start := h.st.mon.Now()
 	return func() { h.st.mon.Timed("sftp", op, start) }
 }
+
+// HomeUsage is an open home's usage and its account's limits.
+type HomeUsage struct {
+	User   string
+	Usage  vfs.Usage
+	Limits vfs.Limits
+}
+
+// Usage reports every open home: those in use, and those used within the
+// time a home stays open after its last session.
+func (s *Server) Usage() []HomeUsage {
+	var out []HomeUsage
+	s.homes.each(func(name string, oh *openHome) {
+		hu := HomeUsage{User: name, Usage: oh.fs.Usage()}
+		if u, ok := s.cfg.Users.Lookup(name); ok {
+			hu.Limits = limitsOf(u)
+		}
+		out = append(out, hu)
+	})
+	return out
+}

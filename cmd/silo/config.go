@@ -12,6 +12,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"silo/hooks"
 	"silo/sshd"
 )
 
@@ -28,8 +29,12 @@ type Config struct {
 	LogFormat     string         `toml:"log_format"`
 	LogLevel      string         `toml:"log_level"`
 	ShutdownGrace time.Duration  `toml:"shutdown_grace"`
+	AdminSocket   string         `toml:"admin_socket"`
+	MetricsListen string         `toml:"metrics_listen"`
+	MetricsUsers  bool           `toml:"metrics_per_user"`
 	Limits        sshd.Limits    `toml:"limits"`
 	Penalties     sshd.Penalties `toml:"penalties"`
+	Hooks         []hooks.Config `toml:"hooks"`
 }
 
 func defaultConfig() Config {
@@ -41,6 +46,8 @@ func defaultConfig() Config {
 		LogFormat:     "text",
 		LogLevel:      "info",
 		ShutdownGrace: 30 * time.Second,
+		AdminSocket:   "data/admin.sock",
+		MetricsUsers:  true,
 		Limits:        sshd.DefaultLimits(),
 		Penalties:     sshd.DefaultPenalties(),
 	}
@@ -86,7 +93,7 @@ func readConfig(path string, environ []string) (Config, []error) {
 		return c, append(errs, err)
 	}
 	dir := filepath.Dir(abs)
-	for _, p := range []*string{&c.Homes, &c.HostKeys, &c.Users} {
+	for _, p := range []*string{&c.Homes, &c.HostKeys, &c.Users, &c.AdminSocket} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(dir, *p)
 		}
@@ -119,6 +126,20 @@ func (c *Config) Validate() error {
 	for _, kv := range [][2]string{{"homes", c.Homes}, {"host_keys", c.HostKeys}, {"users", c.Users}} {
 		if kv[1] == "" {
 			fail("%s: must not be empty", kv[0])
+		}
+	}
+	if c.MetricsListen != "" {
+		if _, port, err := net.SplitHostPort(c.MetricsListen); err != nil {
+			fail("metrics_listen: %q is not HOST:PORT: %v", c.MetricsListen, err)
+		} else if n, err := strconv.ParseUint(port, 10, 16); err != nil || (n == 0 && port != "0") {
+			fail("metrics_listen: bad port %q", port)
+		}
+	}
+	for i := range c.Hooks {
+		if err := c.Hooks[i].Validate(); err != nil {
+			for _, e := range unjoin(err) {
+				fail("hooks[%d].%v", i, e)
+			}
 		}
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {

@@ -46,6 +46,10 @@ func configKeys() []configKey {
 			if name == "" || name == "-" {
 				continue
 			}
+			if f.Type.Kind() == reflect.Slice && f.Type.Elem().Kind() == reflect.Struct {
+				// An array of tables ([[hooks]]) is written in the file only.
+				continue
+			}
 			if f.Type.Kind() == reflect.Struct && !isScalar(f.Type) {
 				walk(f.Type, name)
 				continue

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"reflect"
 	"sync"
 	"syscall"
 	"time"
@@ -68,9 +69,17 @@ func serve(args []string, stderr io.Writer) error {
 	if err := os.MkdirAll(cfg.Homes, 0o700); err != nil {
 		return fmt.Errorf("homes: %w", err)
 	}
-	srv, err := sshd.New(sshd.Config{HostSigners: signers, Users: store, Homes: cfg.Homes, Fsync: cfg.Fsync,
-		Limits: cfg.Limits, Penalties: cfg.Penalties, Logger: log})
+	obs, err := newObservers(cfg, log)
 	if err != nil {
+		return err
+	}
+	defer obs.close()
+	srv, err := sshd.New(sshd.Config{HostSigners: signers, Users: store, Homes: cfg.Homes, Fsync: cfg.Fsync,
+		Limits: cfg.Limits, Penalties: cfg.Penalties, Logger: log, Monitor: obs.mon})
+	if err != nil {
+		return err
+	}
+	if err := obs.start(cfg, srv); err != nil {
 		return err
 	}
 	// Signals are caught before "listening on" is logged: whoever waits
@@ -165,6 +174,7 @@ func serve(args []string, stderr io.Writer) error {
 				continue
 			}
 			stopWatchdog()
+			obs.stopServing() // the new process has its own
 			return drain(ctx, srv, lns, conns, serveErr, r.pid, grace, log)
 		case <-ctx.Done():
 			daemon.SdNotify(false, daemon.SdNotifyStopping)
@@ -194,8 +204,10 @@ func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, configPath string, c
 			lv, _ := parseLevel(nc.LogLevel)
 			level.Set(lv)
 			if nc.Listen != cfg.Listen || nc.Homes != cfg.Homes || nc.HostKeys != cfg.HostKeys ||
-				nc.Users != cfg.Users || nc.Fsync != cfg.Fsync || nc.LogFormat != cfg.LogFormat {
-				log.Warn("config reloaded; listen, homes, host_keys, users, fsync and log_format take effect at the next start")
+				nc.Users != cfg.Users || nc.Fsync != cfg.Fsync || nc.LogFormat != cfg.LogFormat ||
+				nc.AdminSocket != cfg.AdminSocket || nc.MetricsListen != cfg.MetricsListen ||
+				nc.MetricsUsers != cfg.MetricsUsers || !reflect.DeepEqual(nc.Hooks, cfg.Hooks) {
+				log.Warn("config reloaded; listen, homes, host_keys, users, fsync, log_format, admin_socket, metrics and hooks take effect at the next start")
 			} else {
 				log.Info("config reloaded")
 			}
