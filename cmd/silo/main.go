@@ -4,6 +4,8 @@
 //	silo serve [--config FILE]
 //	silo check-config [--config FILE]
 //	silo user add|passwd|del|list|show ...
+//	silo status [--json | --watch]
+//	silo kick USER|SESSION
 //	silo version
 package main
 
@@ -32,6 +34,8 @@ const usage = `usage:
   silo user list
   silo user show NAME
   silo user rescan NAME
+  silo status [--json | --watch]
+  silo kick USER|SESSION
   silo version
 Every command takes --config FILE (default ./config.toml). SILO_* environment
 variables override config keys (SILO_LISTEN, SILO_LIMITS_MAX_SESSIONS, ...).
@@ -82,6 +86,10 @@ func dispatch(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return nil
 	case "check-config":
 		return checkConfig(args[1:], stdout)
+	case "status":
+		return statusCmd(args[1:], stdin, stdout)
+	case "kick":
+		return kickCmd(args[1:], stdout)
 	case "help", "-h", "--help":
 		return flag.ErrHelp
 	}
