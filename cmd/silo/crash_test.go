@@ -28,16 +28,16 @@ func addKeyUser(t *testing.T, cfg, name string) string {
 	return addKeyUserWith(t, siloBin, cfg, name)
 }
 
-// addKeyUserWith is addKeyUser with the silo binary bin; the key file is in
-// a directory of the test's own.
-func addKeyUserWith(t *testing.T, bin, cfg, name string) string {
+// addKeyUserWith is addKeyUser with the silo binary bin, and more flags of
+// user add; the key file is in a directory of the test's own.
+func addKeyUserWith(t *testing.T, bin, cfg, name string, flags ...string) string {
 	t.Helper()
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
 	block, _ := ssh.MarshalPrivateKey(priv, name)
 	keyFile := filepath.Join(t.TempDir(), "id_"+name)
 	os.WriteFile(keyFile, pem.EncodeToMemory(block), 0o600)
 	signer, _ := ssh.NewSignerFromKey(priv)
-	cmd := exec.Command(bin, "user", "add", name, "--key", string(ssh.MarshalAuthorizedKey(signer.PublicKey())), "--config", cfg)
+	cmd := exec.Command(bin, append([]string{"user", "add", name, "--key", string(ssh.MarshalAuthorizedKey(signer.PublicKey())), "--config", cfg}, flags...)...)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("user add %s: %v\n%s", name, err, out)
 	}

@@ -237,10 +237,13 @@ type server struct {
 	addr   string
 	log    *lockedBuffer // everything from the first "listening on"
 	keys   []string      // host key fingerprints it logged
+	// metrics is the address of its metrics endpoint, if it logged one.
+	metrics string
 }
 
 var listenRE = regexp.MustCompile(`listening on ([0-9a-fA-F.:\[\]]+)`)
 var fpRE = regexp.MustCompile(`fingerprint=(SHA256:\S+)`)
+var metricsRE = regexp.MustCompile(`metrics on http://(\S+)/metrics`)
 
 func startSilo(t *testing.T, cfg string) *server {
 	t.Helper()
@@ -281,6 +284,9 @@ func startSiloCmd(t *testing.T, cmd *exec.Cmd) *server {
 			fmt.Fprintln(out, line)
 			if m := fpRE.FindStringSubmatch(line); m != nil && s.addr == "" {
 				s.keys = append(s.keys, m[1])
+			}
+			if m := metricsRE.FindStringSubmatch(line); m != nil && s.addr == "" {
+				s.metrics = m[1]
 			}
 			first := false
 			if m := listenRE.FindStringSubmatch(line + " "); m != nil && s.addr == "" {
