@@ -6,9 +6,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,6 +25,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"silo/activity"
+	"silo/hooks"
 )
 
 // statusOf runs `silo status --json`.
@@ -241,4 +247,165 @@ func (s *server) dataPath(cfg, name string) string {
 	return strings.TrimSuffix(cfg, "config.toml") + "data/" + name
 }
 
-var _ = fmt.Sprintf
+// Every change a user makes, over OpenSSH's sftp and scp, PuTTY's psftp,
+// rsync and the checksum commands, is one audit line with user, session,
+// virtual paths and result; every refusal one line with its reason. The
+// hooks get the events: an HTTP hook that fails once with a 500 gets the
+// event again, and a program gets them on stdin and in its environment.
+func TestAuditAndHooks(t *testing.T) {
+	for _, c := range []string{"sftp", "scp", "ssh", "rsync", "psftp"} {
+		needClient(t, c)
+	}
+	dir := t.TempDir()
+	posts := make(chan hooks.Payload, 100)
+	var calls atomic.Int32
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1) == 1 {
+			http.Error(w, "not now", http.StatusInternalServerError)
+			return
+		}
+		var p hooks.Payload
+		if err := json.NewDecoder(r.Body).Decode(&p); err != nil || r.Header.Get("Content-Type") != "application/json" {
+			http.Error(w, "bad event", http.StatusBadRequest)
+			return
+		}
+		posts <- p
+	}))
+	defer hs.Close()
+	script := filepath.Join(dir, "hook")
+	runs := filepath.Join(dir, "runs")
+	os.WriteFile(script, []byte("#!/bin/sh\n{ cat; echo; } >>\"$1\"\nprintf '%s %s %s\\n' \"$SILO_EVENT\" \"$SILO_USER\" \"$SILO_PATH\" >>\"$1.env\"\n"), 0o755)
+	cfg := writeConfig(t, testConfig+fmt.Sprintf(`
+[[hooks]]
+events = ["upload", "rename", "remove", "quota_refused"]
+url = "%s/hook"
+
+[[hooks]]
+events = ["upload", "rename", "remove", "mkdir"]
+command = ["%s", "%s"]
+users = ["alice"]
+`, hs.URL, script, runs))
+	keyFile := addKeyUserWith(t, siloBin, cfg, "alice", "--quota", "1MiB")
+	if _, stderr, code := silo(t, "alice-pw\n", "user", "passwd", "alice", "--password-stdin", "--config", cfg); code != 0 {
+		t.Fatal(stderr)
+	}
+	s := startSilo(t, cfg)
+	port := s.addr[strings.LastIndexByte(s.addr, ':')+1:]
+	home := filepath.Join(filepath.Dir(cfg), "homes", "alice")
+
+	local := t.TempDir()
+	os.WriteFile(filepath.Join(local, "a"), []byte("hello\n"), 0o644)
+	os.WriteFile(filepath.Join(local, "big"), make([]byte, 2<<20), 0o644)
+	out, err := sftpBatch(t, port, keyFile, "alice", fmt.Sprintf(`put %[1]s/a /a
+rename /a /b
+mkdir /d
+chmod 600 /b
+ln -s b /l
+rm /l
+-put %[1]s/big /big
+rm /b
+rmdir /d
+put %[1]s/a /a
+`, local))
+	if err != nil {
+		t.Fatalf("sftp: %v\n%s", err, out)
+	}
+	sshOpts := []string{"-F", "/dev/null", "-i", keyFile, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+		"-o", "IdentityAgent=none", "-o", "LogLevel=ERROR"}
+	run := func(name string, args ...string) string {
+		t.Helper()
+		out, err := exec.Command(name, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+		}
+		return string(out)
+	}
+	run("scp", append(sshOpts, "-O", "-P", port, filepath.Join(local, "a"), "alice@127.0.0.1:/c")...)
+	run("scp", append(sshOpts, "-O", "-P", port, "alice@127.0.0.1:/c", filepath.Join(local, "c"))...)
+	// A link on disk that leads out of the home: the checksum is refused.
+	os.Symlink("/etc/passwd", filepath.Join(home, "out"))
+	if out, err := exec.Command("ssh", append(sshOpts, "-p", port, "alice@127.0.0.1", "sha256sum", "out")...).CombinedOutput(); err == nil {
+		t.Fatalf("sha256sum of a link out of the home: %s", out)
+	}
+	os.MkdirAll(filepath.Join(local, "tree", "sub"), 0o755)
+	os.WriteFile(filepath.Join(local, "tree", "sub", "f"), []byte("rsync\n"), 0o644)
+	run("rsync", "-r", "-e", "ssh "+strings.Join(sshOpts, " ")+" -p "+port, filepath.Join(local, "tree")+"/", "alice@127.0.0.1:/r/")
+	psftpScript := filepath.Join(local, "psftp")
+	os.WriteFile(psftpScript, []byte("mkdir /p\nrmdir /p\n"), 0o644)
+	psftpArgs := []string{"-P", port, "-pw", "alice-pw", "-batch", "-b", psftpScript}
+	for _, k := range s.keys {
+		psftpArgs = append(psftpArgs, "-hostkey", k)
+	}
+	run("psftp", append(psftpArgs, "alice@127.0.0.1")...)
+
+	const who = `session=[0-9a-f]{12} user=alice remote=127\.0\.0\.1:\d+ `
+	for _, want := range []string{
+		`level=INFO msg=transfer ` + who + `path=/a direction=upload bytes=6 duration=\S+ protocol=sftp result=ok`,
+		`level=INFO msg=change ` + who + `op=rename protocol=sftp path=/a target=/b detail=replace result=ok`,
+		`level=INFO msg=change ` + who + `op=mkdir protocol=sftp path=/d result=ok`,
+		`level=INFO msg=change ` + who + `op=setstat protocol=sftp path=/b detail="chmod 0600" result=ok`,
+		`level=INFO msg=change ` + who + `op=symlink protocol=sftp path=/l target=b result=ok`,
+		`level=INFO msg=change ` + who + `op=remove protocol=sftp path=/l result=ok`,
+		`level=WARN msg=transfer ` + who + `path=/big direction=upload bytes=\d+ duration=\S+ protocol=sftp result="failed: quota exceeded[^"]*" reason=quota`,
+		`level=INFO msg=change ` + who + `op=remove protocol=sftp path=/b result=ok`,
+		`level=INFO msg=change ` + who + `op=rmdir protocol=sftp path=/d result=ok`,
+		`level=INFO msg=transfer ` + who + `path=/c direction=upload bytes=6 duration=\S+ protocol=scp result=ok`,
+		`level=INFO msg=change ` + who + `op=setstat protocol=scp path=/c detail="chmod 0644" result=ok`,
+		`level=INFO msg=transfer ` + who + `path=/c direction=download bytes=6 duration=\S+ protocol=scp result=ok`,
+		`level=WARN msg=refused ` + who + `op=open protocol=checksum path=/out result="failed: [^"]+" reason=jail`,
+		`level=INFO msg=change ` + who + `op=mkdir protocol=rsync path=/r/sub result=ok`,
+		`level=INFO msg=transfer ` + who + `path=/r/sub/f direction=upload bytes=6 duration=\S+ protocol=rsync result=ok`,
+		`level=INFO msg=change ` + who + `op=mkdir protocol=sftp path=/p result=ok`,
+		`level=INFO msg=change ` + who + `op=rmdir protocol=sftp path=/p result=ok`,
+	} {
+		if !regexp.MustCompile(want).MatchString(s.log.String()) {
+			t.Errorf("no audit line matches %s", want)
+		}
+	}
+
+	// The HTTP hook: the first event again after the 500, then the rest in
+	// order.
+	type ev struct{ event, path, target string }
+	var got []ev
+	want := []ev{{"upload", "/a", ""}, {"rename", "/a", "/b"}, {"remove", "/l", ""}, {"quota_refused", "/big", ""},
+		{"remove", "/b", ""}, {"upload", "/a", ""}, {"upload", "/c", ""}, {"upload", "/r/sub/f", ""}}
+	timeout := time.After(2 * time.Minute)
+	for len(got) < len(want) {
+		select {
+		case p := <-posts:
+			if p.User != "alice" || p.Time.IsZero() || !strings.HasPrefix(p.Remote, "127.0.0.1:") {
+				t.Errorf("event %+v", p)
+			}
+			if p.Event == "quota_refused" && p.Reason != "quota" {
+				t.Errorf("quota_refused without its reason: %+v", p)
+			}
+			got = append(got, ev{p.Event, p.Path, p.Target})
+		case <-timeout:
+			t.Fatalf("hook events: got %v, want %v", got, want)
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("hook events: got %v, want %v", got, want)
+	}
+	if !strings.Contains(s.log.String(), "hook delivery failed; trying again") {
+		t.Error("the failed delivery was not logged")
+	}
+
+	// The program's events are all delivered when the server has stopped.
+	s.cmd.Process.Signal(os.Interrupt)
+	if err := s.wait(); err != nil {
+		t.Fatal(err)
+	}
+	env, _ := os.ReadFile(runs + ".env")
+	wantEnv := "upload alice /a\nrename alice /a\nmkdir alice /d\nremove alice /l\nremove alice /b\nupload alice /a\n" +
+		"upload alice /c\nmkdir alice /r/sub\nupload alice /r/sub/f\nmkdir alice /p\n"
+	if string(env) != wantEnv {
+		t.Errorf("the program's environments:\n%s\nwant\n%s", env, wantEnv)
+	}
+	stdin, _ := os.ReadFile(runs)
+	var first hooks.Payload
+	if err := json.Unmarshal(bytes.SplitN(stdin, []byte("\n"), 2)[0], &first); err != nil || first.Event != "upload" ||
+		first.Path != "/a" || first.Size != 6 || first.Protocol != "sftp" {
+		t.Errorf("the program's first stdin: %v %+v\n%s", err, first, stdin)
+	}
+}
