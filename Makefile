@@ -37,6 +37,7 @@ deb:
 	    -e 's|^homes = .*|homes = "/var/lib/silo/homes"|' \
 	    -e 's|^host_keys = .*|host_keys = "/var/lib/silo/hostkeys"|' \
 	    -e 's|^users = .*|users = "/var/lib/silo/users.toml"|' \
+	    -e 's|^admin_socket = .*|admin_socket = "/var/lib/silo/admin.sock"|' \
 	    -e 's|^exempt = .*|exempt = []|' config.toml >dist/config.toml
 	./dist/silo check-config --config dist/config.toml
 	DEB_VERSION=$(DEB_VERSION) DEB_ARCH=$(DEB_ARCH) $(GO) run $(NFPM) package \
