@@ -170,7 +170,11 @@ func renderStatus(st activity.Status, width int, profile termenv.Profile) string
 		b.WriteString(tt.String())
 		b.WriteString("\n")
 	}
-	return b.String()
+	lines := strings.Split(b.String(), "\n")
+	for i, l := range lines {
+		lines[i] = strings.TrimRight(l, " ")
+	}
+	return strings.Join(lines, "\n")
 }
 
 // duration writes seconds as people read them: 42s, 3m05s, 2h10m.
