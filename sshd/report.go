@@ -87,13 +87,6 @@ func setstatDetail(r *sftp.Request) string {
 	return strings.Join(parts, ", ")
 }
 
-// timed reports the latency of an SFTP request to the metrics: call it at
-// the start, and the function it returns at the end.
-func (h *sftpHandler) timed(op string) func() {
-	start := h.st.mon.Now()
-	return func() { h.st.mon.Timed("sftp", op, start) }
-}
-
 // HomeUsage is an open home's usage and its account's limits.
 type HomeUsage struct {
 	User   string

@@ -104,7 +104,7 @@ func serveSFTP(ctx context.Context, ch io.ReadWriteCloser, h *sftpHandler, touch
 // Fileread opens a file for reading.
 func (h *sftpHandler) Fileread(r *sftp.Request) (_ io.ReaderAt, err error) {
 	defer h.recover(&err)
-	defer h.timed("open")()
+	defer h.st.mon.Timed("sftp", "open", h.st.mon.Now())
 	if err := h.takeHandle(); err != nil {
 		return nil, err
 	}
@@ -158,7 +158,7 @@ func (h *sftpHandler) open(r *sftp.Request) (*sftpFile, error) {
 	if pf.Excl {
 		flag |= os.O_EXCL
 	}
-	defer h.timed("open")()
+	defer h.st.mon.Timed("sftp", "open", h.st.mon.Now())
 	if err := h.takeHandle(); err != nil {
 		return nil, err
 	}
@@ -212,7 +212,7 @@ func (h *sftpHandler) newFile(f *vfs.File, read, write, appending bool) *sftpFil
 
 func (f *sftpFile) ReadAt(p []byte, off int64) (n int, err error) {
 	defer f.h.recover(&err)
-	defer f.h.timed("read")()
+	defer f.h.st.mon.Timed("sftp", "read", f.h.st.mon.Now())
 	n, err = f.f.ReadAt(p, off)
 	f.read.Add(int64(n))
 	if !f.write {
@@ -226,7 +226,7 @@ func (f *sftpFile) ReadAt(p []byte, off int64) (n int, err error) {
 
 func (f *sftpFile) WriteAt(p []byte, off int64) (n int, err error) {
 	defer f.h.recover(&err)
-	defer f.h.timed("write")()
+	defer f.h.st.mon.Timed("sftp", "write", f.h.st.mon.Now())
 	n, err = f.f.WriteAt(p, off)
 	f.written.Add(int64(n))
 	f.tr.Add(int64(n))
@@ -271,7 +271,7 @@ func (f *sftpFile) TransferError(error) {
 // Filecmd runs the requests that change the tree.
 func (h *sftpHandler) Filecmd(r *sftp.Request) (err error) {
 	defer h.recover(&err)
-	defer h.timed(strings.ToLower(r.Method))()
+	defer h.st.mon.Timed("sftp", strings.ToLower(r.Method), h.st.mon.Now())
 	switch r.Method {
 	case "Setstat":
 		err = h.setstat(r)
@@ -300,7 +300,7 @@ func (h *sftpHandler) Filecmd(r *sftp.Request) (err error) {
 // PosixRename replaces the target atomically if it exists.
 func (h *sftpHandler) PosixRename(r *sftp.Request) (err error) {
 	defer h.recover(&err)
-	defer h.timed("posix-rename")()
+	defer h.st.mon.Timed("sftp", "posix-rename", h.st.mon.Now())
 	err = h.fs.PosixRename(r.Filepath, r.Target)
 	h.st.mon.Op("sftp", activity.Rename, vfs.Clean(r.Filepath), vfs.Clean(r.Target), "replace", err)
 	return h.status(err)
@@ -366,7 +366,7 @@ func (h *sftpHandler) StatVFS(r *sftp.Request) (_ *sftp.StatVFS, err error) {
 // Filelist serves opendir/readdir ("List") and stat ("Stat").
 func (h *sftpHandler) Filelist(r *sftp.Request) (_ sftp.ListerAt, err error) {
 	defer h.recover(&err)
-	defer h.timed(strings.ToLower(r.Method))()
+	defer h.st.mon.Timed("sftp", strings.ToLower(r.Method), h.st.mon.Now())
 	switch r.Method {
 	case "List":
 		if err := h.takeHandle(); err != nil {
