@@ -409,3 +409,62 @@ put %[1]s/a /a
 		t.Errorf("the program's first stdin: %v %+v\n%s", err, first, stdin)
 	}
 }
+
+// An scp upload (OpenSSH's ssh running the server's scp -t, fed by the
+// test) announces its size: held at a quarter, the status shows 25% and
+// the bar.
+func TestStatusShowsScpProgress(t *testing.T) {
+	needClient(t, "ssh")
+	cfg := writeConfig(t, testConfig)
+	keyFile := addKeyUser(t, cfg, "alice")
+	s := startSilo(t, cfg)
+	port := s.addr[strings.LastIndexByte(s.addr, ':')+1:]
+	cmd := exec.Command("ssh", "-F", "/dev/null", "-i", keyFile, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+		"-o", "IdentityAgent=none", "-o", "LogLevel=ERROR", "-p", port, "alice@127.0.0.1", "scp", "-t", "/sized")
+	in, _ := cmd.StdinPipe()
+	outp, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	ack := func() {
+		t.Helper()
+		b := make([]byte, 1)
+		if _, err := io.ReadFull(outp, b); err != nil || b[0] != 0 {
+			t.Fatalf("scp answered %q, %v", b, err)
+		}
+	}
+	ack()
+	const size = 1 << 20
+	fmt.Fprintf(in, "C0644 %d sized\n", size)
+	ack()
+	in.Write(make([]byte, size/4))
+	// The server takes the quarter in one read; wait until it has.
+	var tr activity.TransferStatus
+	deadline := time.Now().Add(2 * time.Minute)
+	for tr.Bytes != size/4 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the quarter never arrived: %+v", tr)
+		}
+		if st := statusOf(t, cfg); len(st.Transfers) == 1 {
+			tr = st.Transfers[0]
+		}
+	}
+	if tr.Size != size || tr.Protocol != "scp" || tr.Direction != activity.Upload || tr.Path != "/sized" {
+		t.Fatalf("transfer %+v", tr)
+	}
+	if out, _, _ := silo(t, "", "status", "--config", cfg); !strings.Contains(out, "25%") || !strings.Contains(out, "256 KiB / 1 MiB") ||
+		!strings.Contains(out, "######...") {
+		t.Fatalf("status:\n%s", out)
+	}
+	in.Write(make([]byte, size-size/4))
+	in.Write([]byte{0})
+	ack()
+	in.Close()
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("ssh scp -t: %v", err)
+	}
+	s.log.waitUntil(t, "the transfer line", time.Minute, func(l string) bool {
+		return strings.Contains(l, "path=/sized direction=upload bytes=1048576") && strings.Contains(l, "protocol=scp result=ok")
+	})
+}
