@@ -199,12 +199,13 @@ func (l *Listener) Close() error {
 
 // Client speaks the API over the socket at a path.
 type Client struct {
+	path string
 	http http.Client
 }
 
 // NewClient returns a client of the socket at path.
 func NewClient(path string) *Client {
-	c := &Client{}
+	c := &Client{path: path}
 	c.http.Transport = &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
@@ -239,8 +240,11 @@ func (c *Client) call(ctx context.Context, method, path string, v any) error {
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
-			return ErrNotRunning
+		switch {
+		case errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED):
+			return fmt.Errorf("%s: %w", c.path, ErrNotRunning)
+		case errors.Is(err, syscall.EACCES):
+			return fmt.Errorf("%s: permission denied: run as the server's user, or as root", c.path)
 		}
 		return err
 	}
