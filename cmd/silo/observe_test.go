@@ -306,6 +306,7 @@ rm /l
 rm /b
 rmdir /d
 put %[1]s/a /a
+-put %[1]s/a /.silo-tmp.x
 `, local))
 	if err != nil {
 		t.Fatalf("sftp: %v\n%s", err, out)
@@ -349,6 +350,7 @@ put %[1]s/a /a
 		`level=WARN msg=transfer ` + who + `path=/big direction=upload bytes=\d+ duration=\S+ protocol=sftp result="failed: quota exceeded[^"]*" reason=quota`,
 		`level=INFO msg=change ` + who + `op=remove protocol=sftp path=/b result=ok`,
 		`level=INFO msg=change ` + who + `op=rmdir protocol=sftp path=/d result=ok`,
+		`level=WARN msg=refused ` + who + `op=open protocol=sftp path=/.silo-tmp.x result="failed: permission denied" reason=permission`,
 		`level=INFO msg=transfer ` + who + `path=/c direction=upload bytes=6 duration=\S+ protocol=scp result=ok`,
 		`level=INFO msg=change ` + who + `op=setstat protocol=scp path=/c detail="chmod 0644" result=ok`,
 		`level=INFO msg=transfer ` + who + `path=/c direction=download bytes=6 duration=\S+ protocol=scp result=ok`,
