@@ -155,12 +155,15 @@ func (r *recv) place(dest string) {
 func (s *session) mkdirs(vp string) error {
 	err := s.fs.Mkdir(vp)
 	if err == nil || !s.o.mkpath || !errors.Is(err, fs.ErrNotExist) || vp == "/" {
+		s.report(activity.Mkdir, vp, "", err)
 		return err
 	}
 	if err := s.mkdirs(path.Dir(vp)); err != nil {
 		return err
 	}
-	return s.fs.Mkdir(vp)
+	err = s.fs.Mkdir(vp)
+	s.report(activity.Mkdir, vp, "", err)
+	return err
 }
 
 // rel is a local path as the client names it: relative to the transfer

@@ -400,7 +400,7 @@ put %[1]s/a /a
 	}
 	env, _ := os.ReadFile(runs + ".env")
 	wantEnv := "upload alice /a\nrename alice /a\nmkdir alice /d\nremove alice /l\nremove alice /b\nupload alice /a\n" +
-		"upload alice /c\nmkdir alice /r/sub\nupload alice /r/sub/f\nmkdir alice /p\n"
+		"upload alice /c\nmkdir alice /r\nmkdir alice /r/sub\nupload alice /r/sub/f\nmkdir alice /p\n"
 	if string(env) != wantEnv {
 		t.Errorf("the program's environments:\n%s\nwant\n%s", env, wantEnv)
 	}
