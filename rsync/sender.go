@@ -213,6 +213,7 @@ func (s *session) sendOne(ndx int32, iflags int, f *file, src string) {
 			s.warn("file has vanished: %q", f.name)
 			s.setExit(24)
 		} else {
+			s.cfg.Activity.Refused("rsync", activity.Open, vfs.Clean(src), err)
 			s.fileError("rsync: [sender] send_files failed to open %q: %s", f.name, errText(err))
 		}
 		if fh != nil {
