@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -96,25 +97,40 @@ func (o *observers) start(cfg Config, srv *sshd.Server) error {
 	o.mu.Lock()
 	o.srv = srv
 	o.mu.Unlock()
-	if cfg.AdminSocket != "" {
-		l, err := admin.Listen(cfg.AdminSocket)
-		if err != nil {
-			return err
-		}
-		a := admin.New(o.mon, o.log)
-		o.wg.Go(func() {
-			if err := a.Serve(l); !errors.Is(err, http.ErrServerClosed) {
-				o.log.Error("admin socket", "err", err)
-			}
-		})
-		o.onClose(a.Shutdown)
-		o.log.Info("admin socket", "path", cfg.AdminSocket)
+	o.startAdmin(cfg.AdminSocket)
+	return o.startMetrics(cfg.MetricsListen)
+}
+
+// startAdmin serves the admin socket at path, if any. A socket that cannot
+// be made is logged, not fatal: serving files matters more than the status
+// view, and a config kept from before the key existed names a default that
+// may be read-only (/etc/silo/data under systemd).
+func (o *observers) startAdmin(path string) {
+	if path == "" {
+		return
 	}
+	l, err := admin.Listen(path)
+	if err != nil {
+		o.log.Error("admin socket unavailable; silo status and kick will not work (set admin_socket)", "err", err)
+		return
+	}
+	a := admin.New(o.mon, o.log)
+	o.wg.Go(func() {
+		if err := a.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+			o.log.Error("admin socket", "err", err)
+		}
+	})
+	o.onClose(a.Shutdown)
+	o.log.Info("admin socket", "path", path)
+}
+
+// startMetrics serves the metrics on addr, if they are on.
+func (o *observers) startMetrics(addr string) error {
 	if o.met != nil {
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", o.met.Handler())
 		hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		ln, err := net.Listen("tcp", cfg.MetricsListen)
+		ln, err := net.Listen("tcp", addr)
 		switch {
 		case err == nil:
 			o.serveMetrics(hs, ln)
@@ -128,7 +144,7 @@ func (o *observers) start(cfg Config, srv *sshd.Server) error {
 						return
 					case <-time.After(metricsRetry):
 					}
-					ln, err = net.Listen("tcp", cfg.MetricsListen)
+					ln, err = net.Listen("tcp", addr)
 				}
 				if err != nil {
 					o.log.Error("metrics_listen", "err", err)
@@ -137,7 +153,7 @@ func (o *observers) start(cfg Config, srv *sshd.Server) error {
 				o.serveMetrics(hs, ln)
 			})
 		default:
-			return err
+			return fmt.Errorf("metrics_listen: %w", err)
 		}
 		o.onClose(hs.Shutdown)
 	}
