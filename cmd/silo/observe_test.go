@@ -164,17 +164,27 @@ func TestStatusMetricsAndKick(t *testing.T) {
 	if st := statusOf(t, cfg); len(st.Transfers) != 0 {
 		t.Fatalf("a closed upload is still shown: %+v", st.Transfers)
 	}
-	var line map[string]any
-	for _, l := range strings.Split(s.log.String(), "\n") {
-		if strings.Contains(l, `"msg":"transfer"`) && strings.Contains(l, `"/held"`) {
-			if err := json.Unmarshal([]byte(l), &line); err != nil {
-				t.Fatalf("transfer line is not JSON: %v: %s", err, l)
-			}
-		}
+	if err := sc.Mkdir("/dir"); err != nil {
+		t.Fatal(err)
 	}
-	if line["user"] != "alice" || line["direction"] != "upload" || line["bytes"] != float64(2*len(half)) ||
+	// The audit lines, in JSON.
+	lineOf := func(msg, path string) map[string]any {
+		t.Helper()
+		// The log reaches the test through a pipe, after the reply.
+		m := s.log.waitFor(t, regexp.MustCompile(`(?m)^.*"msg":"`+msg+`".*"path":"`+path+`".*$`), time.Minute)
+		var line map[string]any
+		if err := json.Unmarshal([]byte(m[0]), &line); err != nil {
+			t.Fatalf("%s line is not JSON: %v: %s", msg, err, m[0])
+		}
+		return line
+	}
+	if line := lineOf("transfer", "/held"); line["user"] != "alice" || line["direction"] != "upload" || line["bytes"] != float64(2*len(half)) ||
 		line["result"] != "ok" || line["protocol"] != "sftp" || line["session"] != tr.Session {
-		t.Fatalf("transfer line: %v\n%s", line, s.log)
+		t.Fatalf("transfer line: %v", line)
+	}
+	if line := lineOf("change", "/dir"); line["user"] != "alice" || line["op"] != "mkdir" || line["result"] != "ok" ||
+		line["protocol"] != "sftp" || line["session"] != tr.Session || line["remote"] == "" {
+		t.Fatalf("change line: %v", line)
 	}
 
 	fams := scrape(t, s.metrics)
@@ -188,8 +198,9 @@ func TestStatusMetricsAndKick(t *testing.T) {
 		{"silo_logins_total", []string{"method", "publickey", "result", "ok"}, 1},
 		{"silo_connections_open", nil, 1},
 		{"silo_sessions_open", nil, 1},
-		{"silo_user_used_bytes", []string{"user", "alice"}, float64(2 * len(half))},
-		{"silo_user_used_files", []string{"user", "alice"}, 1},
+		{"silo_user_used_bytes", []string{"user", "alice"}, float64(2*len(half) + 4096)},
+		{"silo_user_used_files", []string{"user", "alice"}, 2},
+		{"silo_changes_total", []string{"protocol", "sftp", "op", "mkdir", "result", "ok"}, 1},
 		{"silo_user_quota_bytes", []string{"user", "alice"}, 0},
 	} {
 		if got := metricValue(fams, m.name, m.labels...); got != m.want {
@@ -360,9 +371,8 @@ put %[1]s/a /a
 		`level=INFO msg=change ` + who + `op=mkdir protocol=sftp path=/p result=ok`,
 		`level=INFO msg=change ` + who + `op=rmdir protocol=sftp path=/p result=ok`,
 	} {
-		if !regexp.MustCompile(want).MatchString(s.log.String()) {
-			t.Errorf("no audit line matches %s", want)
-		}
+		// The log reaches the test through a pipe, after the replies.
+		s.log.waitFor(t, regexp.MustCompile(want), time.Minute)
 	}
 
 	// The HTTP hook: the first event again after the 500, then the rest in
