@@ -303,10 +303,16 @@ func (d *Dispatcher) Close(ctx context.Context) error {
 }
 
 func (d *Dispatcher) run(h *hook) {
+	abandoned := 0
+	defer func() {
+		if abandoned > 0 {
+			d.log.Warn("hook events abandoned at shutdown", "hook", h.n, "events", abandoned)
+		}
+	}()
 	for p := range h.queue {
 		if d.ctx.Err() != nil {
 			d.failed.Add(1)
-			d.log.Warn("hook event abandoned at shutdown", "hook", h.n, "event", p.Event, "user", p.User, "path", p.Path)
+			abandoned++
 			continue
 		}
 		body, err := json.Marshal(p)
