@@ -15,7 +15,11 @@ type recorder struct {
 	events []activity.Event
 }
 
-func (r *recorder) Observe(e activity.Event) { r.mu.Lock(); r.events = append(r.events, e); r.mu.Unlock() }
+func (r *recorder) Observe(e activity.Event) {
+	r.mu.Lock()
+	r.events = append(r.events, e)
+	r.mu.Unlock()
+}
 
 // The status view's rate and ETA follow the monitor's clock: the average
 // until a full sample, then the last second's.

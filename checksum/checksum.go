@@ -22,8 +22,8 @@ import (
 
 	"golang.org/x/crypto/blake2b"
 
-	"silo/internal/strerror"
 	"silo/activity"
+	"silo/internal/strerror"
 	"silo/vfs"
 )
 

@@ -6,10 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
-
 	"silo/activity"
+	"silo/internal/promtest"
 	"silo/metrics"
 	"silo/vfs"
 )
@@ -40,55 +38,31 @@ func TestEventsAreCounted(t *testing.T) {
 
 		rec := httptest.NewRecorder()
 		m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
-		p := expfmt.NewTextParser(model.UTF8Validation)
-		fams, err := p.TextToMetricFamilies(rec.Body)
+		fams, err := promtest.Parse(rec.Body)
 		if err != nil {
 			t.Fatal(err)
 		}
-		value := func(name string, labels map[string]string) float64 {
-			f := fams[name]
-			if f == nil {
-				return -1
-			}
-		next:
-			for _, mt := range f.Metric {
-				for _, l := range mt.Label {
-					if v, ok := labels[l.GetName()]; ok && v != l.GetValue() {
-						continue next
-					}
-				}
-				switch {
-				case mt.Counter != nil:
-					return mt.Counter.GetValue()
-				case mt.Gauge != nil:
-					return mt.Gauge.GetValue()
-				case mt.Histogram != nil:
-					return float64(mt.Histogram.GetSampleCount())
-				}
-			}
-			return -1
-		}
 		for _, tc := range []struct {
 			name   string
-			labels map[string]string
+			labels []string
 			want   float64
 		}{
-			{"silo_logins_total", map[string]string{"method": "password", "result": "ok"}, 1},
-			{"silo_logins_total", map[string]string{"method": "password", "result": "failed"}, 1},
+			{"silo_logins_total", []string{"method", "password", "result", "ok"}, 1},
+			{"silo_logins_total", []string{"method", "password", "result", "failed"}, 1},
 			{"silo_penalty_blocks_total", nil, 1},
-			{"silo_changes_total", map[string]string{"protocol": "scp", "op": "mkdir", "result": "ok"}, 1},
-			{"silo_changes_total", map[string]string{"protocol": "sftp", "op": "remove", "result": "refused"}, 1},
-			{"silo_transfers_total", map[string]string{"protocol": "sftp", "direction": "upload", "result": "refused"}, 1},
-			{"silo_transfers_total", map[string]string{"protocol": "rsync", "direction": "download", "result": "aborted"}, 1},
-			{"silo_quota_refusals_total", map[string]string{"limit": "bytes"}, 1},
-			{"silo_access_refusals_total", map[string]string{"reason": "permission"}, 1},
-			{"silo_access_refusals_total", map[string]string{"reason": "jail"}, 1},
+			{"silo_changes_total", []string{"protocol", "scp", "op", "mkdir", "result", "ok"}, 1},
+			{"silo_changes_total", []string{"protocol", "sftp", "op", "remove", "result", "refused"}, 1},
+			{"silo_transfers_total", []string{"protocol", "sftp", "direction", "upload", "result", "refused"}, 1},
+			{"silo_transfers_total", []string{"protocol", "rsync", "direction", "download", "result", "aborted"}, 1},
+			{"silo_quota_refusals_total", []string{"limit", "bytes"}, 1},
+			{"silo_access_refusals_total", []string{"reason", "permission"}, 1},
+			{"silo_access_refusals_total", []string{"reason", "jail"}, 1},
 			{"silo_received_bytes_total", nil, 5},
 			{"silo_sent_bytes_total", nil, 7},
 			{"silo_connections_open", nil, 1},
-			{"silo_sftp_operation_duration_seconds", map[string]string{"op": "write"}, 1},
+			{"silo_sftp_operation_duration_seconds", []string{"op", "write"}, 1},
 		} {
-			if got := value(tc.name, tc.labels); got != tc.want {
+			if got := fams.Value(tc.name, tc.labels...); got != tc.want {
 				t.Errorf("per_user %v: %s%v = %v, want %v", perUser, tc.name, tc.labels, got, tc.want)
 			}
 		}
@@ -96,7 +70,7 @@ func TestEventsAreCounted(t *testing.T) {
 		if perUser {
 			want = 100
 		}
-		if got := value("silo_user_quota_bytes", map[string]string{"user": "alice"}); got != want {
+		if got := fams.Value("silo_user_quota_bytes", "user", "alice"); got != want {
 			t.Errorf("per_user %v: silo_user_quota_bytes = %v, want %v", perUser, got, want)
 		}
 	}

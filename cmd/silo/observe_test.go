@@ -19,13 +19,11 @@ import (
 
 	"github.com/creack/pty"
 	"github.com/pkg/sftp"
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	"golang.org/x/crypto/ssh"
 
 	"silo/activity"
 	"silo/hooks"
+	"silo/internal/promtest"
 )
 
 // statusOf runs `silo status --json`.
@@ -43,49 +41,18 @@ func statusOf(t *testing.T, cfg string) activity.Status {
 }
 
 // scrape reads the metrics with the Prometheus library's own parser.
-func scrape(t *testing.T, addr string) map[string]*dto.MetricFamily {
+func scrape(t *testing.T, addr string) promtest.Families {
 	t.Helper()
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(resp.Body)
+	fams, err := promtest.Parse(resp.Body)
 	if err != nil {
 		t.Fatalf("metrics do not parse: %v", err)
 	}
 	return fams
-}
-
-// metricValue is the value of the series of name whose labels include
-// labels (name=value pairs); -1 if there is none.
-func metricValue(fams map[string]*dto.MetricFamily, name string, labels ...string) float64 {
-	f := fams[name]
-	if f == nil {
-		return -1
-	}
-next:
-	for _, m := range f.Metric {
-		have := map[string]string{}
-		for _, l := range m.Label {
-			have[l.GetName()] = l.GetValue()
-		}
-		for i := 0; i+1 < len(labels); i += 2 {
-			if have[labels[i]] != labels[i+1] {
-				continue next
-			}
-		}
-		switch {
-		case m.Counter != nil:
-			return m.Counter.GetValue()
-		case m.Gauge != nil:
-			return m.Gauge.GetValue()
-		case m.Histogram != nil:
-			return float64(m.Histogram.GetSampleCount())
-		}
-	}
-	return -1
 }
 
 // An upload held open half-way (the client has written half and waits) is
@@ -203,15 +170,15 @@ func TestStatusMetricsAndKick(t *testing.T) {
 		{"silo_changes_total", []string{"protocol", "sftp", "op", "mkdir", "result", "ok"}, 1},
 		{"silo_user_quota_bytes", []string{"user", "alice"}, 0},
 	} {
-		if got := metricValue(fams, m.name, m.labels...); got != m.want {
+		if got := fams.Value(m.name, m.labels...); got != m.want {
 			t.Errorf("%s%v = %v, want %v", m.name, m.labels, got, m.want)
 		}
 	}
 	// pkg/sftp writes in 32 KiB requests.
-	if got := metricValue(fams, "silo_sftp_operation_duration_seconds", "op", "write"); got < float64(2*len(half)/(32<<10)) {
+	if got := fams.Value("silo_sftp_operation_duration_seconds", "op", "write"); got < float64(2*len(half)/(32<<10)) {
 		t.Errorf("sftp write operations: %v", got)
 	}
-	if metricValue(fams, "go_goroutines") <= 0 {
+	if fams.Value("go_goroutines") <= 0 {
 		t.Error("no Go runtime metrics")
 	}
 
