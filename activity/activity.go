@@ -43,6 +43,7 @@ const (
 	Setstat  Kind = "setstat" // chmod, times, truncate: Detail says which
 	Open     Kind = "open"    // reported only when refused
 	List     Kind = "list"    // reported only when refused
+	Stat     Kind = "stat"    // a stat or readlink, reported only when refused
 
 	LoginFailed Kind = "login_failed"
 	Blocked     Kind = "source_blocked" // a source address penalised past its limit

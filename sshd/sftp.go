@@ -382,6 +382,7 @@ func (h *sftpHandler) Filelist(r *sftp.Request) (_ sftp.ListerAt, err error) {
 	case "Stat":
 		fi, err := h.fs.Stat(r.Filepath)
 		if err != nil {
+			h.st.mon.Refused("sftp", activity.Stat, vfs.Clean(r.Filepath), err)
 			return nil, h.status(err)
 		}
 		return oneInfo{fi}, nil
@@ -409,6 +410,7 @@ func (h *sftpHandler) RealPath(p string) (string, error) {
 func (h *sftpHandler) Readlink(p string) (_ string, err error) {
 	defer h.recover(&err)
 	t, err := h.fs.Readlink(p)
+	h.st.mon.Refused("sftp", activity.Stat, vfs.Clean(p), err)
 	return t, h.status(err)
 }
 
