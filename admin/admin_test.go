@@ -3,11 +3,16 @@ package admin_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"silo/activity"
@@ -71,5 +76,66 @@ func TestListenRefusesWhatIsNotASocket(t *testing.T) {
 	}
 	if _, err := admin.NewClient(filepath.Join(t.TempDir(), "none")).Status(context.Background()); !errors.Is(err, admin.ErrNotRunning) {
 		t.Fatalf("status without a server: %v", err)
+	}
+}
+
+// Another user is kept out by the socket's mode, and, were the mode
+// opened, by the check of the peer's uid. The other user is this test's
+// binary run again as nobody (TestPeerClient).
+func TestOtherUsersAreRefused(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root, to connect as another user")
+	}
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	os.Chmod(filepath.Dir(dir), 0o755)
+	path := filepath.Join(dir, "admin.sock")
+	serve(t, activity.New(nil), path)
+	// A copy of the test binary that nobody may run.
+	self, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := filepath.Join(dir, "client")
+	if err := os.WriteFile(client, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	asNobody := func() string {
+		cmd := exec.Command(client, "-test.run=^TestPeerClient$")
+		cmd.Env = append(os.Environ(), "SILO_ADMIN_TEST_SOCKET="+path)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		out, _ := cmd.CombinedOutput()
+		return string(out)
+	}
+	if out := asNobody(); !strings.Contains(out, "dial: ") || !strings.Contains(out, "permission denied") {
+		t.Fatalf("nobody through a 0600 socket: %s", out)
+	}
+	os.Chmod(path, 0o666)
+	if out := asNobody(); !strings.Contains(out, "connected; no answer") {
+		t.Fatalf("nobody through an opened socket: %s", out)
+	}
+	if _, err := admin.NewClient(path).Status(context.Background()); err != nil {
+		t.Fatalf("the server's own user: %v", err)
+	}
+}
+
+// TestPeerClient is TestOtherUsersAreRefused's client: it asks for the
+// status on the socket it is given, and says how far it got.
+func TestPeerClient(t *testing.T) {
+	path := os.Getenv("SILO_ADMIN_TEST_SOCKET")
+	if path == "" {
+		t.Skip("run by TestOtherUsersAreRefused")
+	}
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		fmt.Println("dial:", err)
+		return
+	}
+	defer c.Close()
+	fmt.Fprint(c, "GET /v1/status HTTP/1.0\r\nHost: silo\r\n\r\n")
+	if b, err := io.ReadAll(c); len(b) > 0 {
+		fmt.Printf("answered: %q\n", b)
+	} else {
+		fmt.Println("connected; no answer:", err)
 	}
 }
