@@ -32,9 +32,20 @@ func idOf(fi fs.FileInfo) fileID {
 // may run concurrently.
 type File struct {
 	f    *os.File
+	fs   *FS
 	name string
 	w    *writer // nil unless open for writing
+
+	done chan struct{} // closed by Close or Abort: a rate-limited wait ends
+	stop sync.Once
 }
+
+func (f *FS) newFile(osf *os.File, name string, w *writer) *File {
+	return &File{f: osf, fs: f, name: Clean(name), w: w, done: make(chan struct{})}
+}
+
+// ended wakes what waits on the file's rate limit.
+func (f *File) ended() { f.stop.Do(func() { close(f.done) }) }
 
 // Name returns the virtual path the file was opened by.
 func (f *File) Name() string { return f.name }
@@ -57,18 +68,25 @@ func (f *File) Name() string { return f.name }
 // A file has one writer at a time: opening one that is being written fails
 // with ErrBusy.
 func (f *FS) OpenFile(name string, flag int) (*File, error) {
-	r, err := f.rel(name)
+	flag &= os.O_RDONLY | os.O_WRONLY | os.O_RDWR | os.O_CREATE | os.O_EXCL | os.O_TRUNC
+	need := PermRead
+	switch flag & (os.O_WRONLY | os.O_RDWR) {
+	case os.O_WRONLY:
+		need = PermWrite
+	case os.O_RDWR:
+		need = PermRead | PermWrite
+	}
+	r, err := f.relFor("open", name, need, true)
 	if err != nil {
 		return nil, wrap("open", name, err)
 	}
-	flag &= os.O_RDONLY | os.O_WRONLY | os.O_RDWR | os.O_CREATE | os.O_EXCL | os.O_TRUNC
 	if flag&(os.O_WRONLY|os.O_RDWR) == 0 {
 		flag &^= os.O_CREATE | os.O_EXCL | os.O_TRUNC
 		osf, err := f.openRegular(r, flag)
 		if err != nil {
 			return nil, wrap("open", name, err)
 		}
-		return &File{f: osf, name: Clean(name)}, nil
+		return f.newFile(osf, name, nil), nil
 	}
 	file, err := f.openWrite(r, name, flag)
 	return file, wrap("open", name, err)
@@ -132,7 +150,7 @@ func (f *FS) register(osf *os.File, name string) (*File, error) {
 	if err == nil {
 		w := &writer{fs: f, f: osf, id: idOf(fi), size: fi.Size(), hw: fi.Size()}
 		if err = f.addWriter(w); err == nil {
-			return &File{f: osf, name: Clean(name), w: w}, nil
+			return f.newFile(osf, name, w), nil
 		}
 	}
 	osf.Close()
@@ -189,7 +207,7 @@ func (f *FS) openOverwrite(r, name string, orig *os.File, access int) (*File, er
 		w.discard()
 		return nil, err
 	}
-	return &File{f: tmp, name: Clean(name), w: w}, nil
+	return f.newFile(tmp, name, w), nil
 }
 
 func (f *FS) addWriter(w *writer) error {
@@ -245,6 +263,11 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 	if err != nil && err != io.EOF {
 		err = wrap("read", f.name, err)
 	}
+	// Charged after the read, by what it found: a read at the end of a
+	// file takes nothing.
+	if terr := f.throttleRead(n); terr != nil {
+		return 0, terr
+	}
 	return n, err
 }
 
@@ -252,6 +275,9 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 func (f *File) WriteAt(p []byte, off int64) (int, error) {
 	if f.w == nil {
 		return 0, wrap("write", f.name, syscall.EBADF)
+	}
+	if err := f.throttleWrite(len(p)); err != nil {
+		return 0, err
 	}
 	n, err := f.w.writeAt(p, off)
 	return n, wrap("write", f.name, err)
@@ -288,6 +314,7 @@ func (f *File) Sync() error {
 // Abort marks an upload as broken off (the client went away): Close then
 // keeps only what arrived in order, and an overwrite leaves the old file.
 func (f *File) Abort() {
+	f.ended()
 	if f.w != nil {
 		f.w.mu.Lock()
 		f.w.aborted = true
@@ -301,6 +328,7 @@ func (f *File) Abort() {
 // written in place keeps what arrived in order, and Close reports only what
 // goes wrong in closing: a failed write was reported by the write.
 func (f *File) Close() error {
+	f.ended()
 	if f.w == nil {
 		return wrap("close", f.name, f.f.Close())
 	}

@@ -38,6 +38,10 @@ type FS struct {
 
 	held atomic.Int64 // bytes of out-of-order writes held in memory (order.go)
 
+	rules               atomic.Pointer[Rules] // nil: no rule (perm.go)
+	clock               Clock
+	readRate, writeRate throttle // rate.go
+
 	mu      sync.Mutex // guards what follows; taken after a writer's mu, never before
 	limits  Limits
 	used    Usage
@@ -50,6 +54,12 @@ type Options struct {
 	// Fsync makes Close of a written file wait until it is on stable
 	// storage, and a replacing rename until the directory is.
 	Fsync bool
+	// Rules are the account's permissions per directory (perm.go).
+	Rules Rules
+	// Rates cap the bytes per second of file data (rate.go); Clock is
+	// what they wait on, the system's when nil.
+	Rates Rates
+	Clock Clock
 }
 
 // Open opens the home at dir, creating it (mode 0700) if it does not exist,
@@ -76,7 +86,13 @@ func Open(dir string, opt Options) (*FS, error) {
 	for _, m := range marks {
 		root.Remove(m)
 	}
-	return &FS{root: root, fsync: opt.Fsync, limits: opt.Limits, used: used, writers: make(map[fileID]*writer)}, nil
+	f := &FS{root: root, fsync: opt.Fsync, limits: opt.Limits, used: used, writers: make(map[fileID]*writer), clock: opt.Clock}
+	if f.clock == nil {
+		f.clock = systemClock{}
+	}
+	f.SetRules(opt.Rules)
+	f.SetRates(opt.Rates)
+	return f, nil
 }
 
 // rel maps a virtual path for an operation: names of silo's temp files are
@@ -88,12 +104,26 @@ func (f *FS) rel(name string) (string, error) {
 	return rel(name)
 }
 
+// relFor is rel for an operation that needs the permission need at name
+// (see Perm); follow says whether the operation follows a symbolic link as
+// name's last element.
+func (f *FS) relFor(op, name string, need Perm, follow bool) (string, error) {
+	r, err := f.rel(name)
+	if err != nil {
+		return "", err
+	}
+	if err := f.allow(op, name, r, need, follow); err != nil {
+		return "", err
+	}
+	return r, nil
+}
+
 // Close releases the home. Files already open stay usable.
 func (f *FS) Close() error { return f.root.Close() }
 
 // Stat follows symbolic links (inside the home only).
 func (f *FS) Stat(name string) (fs.FileInfo, error) {
-	r, err := f.rel(name)
+	r, err := f.relFor("stat", name, permSee, true)
 	if err != nil {
 		return nil, wrap("stat", name, err)
 	}
@@ -103,7 +133,7 @@ func (f *FS) Stat(name string) (fs.FileInfo, error) {
 
 // Lstat describes a symbolic link itself rather than its target.
 func (f *FS) Lstat(name string) (fs.FileInfo, error) {
-	r, err := f.rel(name)
+	r, err := f.relFor("lstat", name, permSee, false)
 	if err != nil {
 		return nil, wrap("lstat", name, err)
 	}
@@ -113,7 +143,7 @@ func (f *FS) Lstat(name string) (fs.FileInfo, error) {
 
 // Mkdir creates one directory (mode 0755); it counts as an entry.
 func (f *FS) Mkdir(name string) error {
-	r, err := f.rel(name)
+	r, err := f.relFor("mkdir", name, PermWrite, false)
 	if err == nil {
 		err = f.reserve(EntryBytes, 1)
 	}
@@ -145,7 +175,7 @@ func (f *FS) parent(r string) (*os.File, string, error) {
 // Remove deletes a file or a symbolic link (not its target), never a
 // directory, and gives back what it counted. A file being written is busy.
 func (f *FS) Remove(name string) error {
-	r, err := f.rel(name)
+	r, err := f.relFor("remove", name, PermDelete, false)
 	if err != nil {
 		return wrap("remove", name, err)
 	}
@@ -194,7 +224,7 @@ func (f *FS) forgetLocked(st *unix.Stat_t) {
 // Rmdir deletes an empty directory; a non-empty one fails with ErrNotEmpty
 // and stays as it is.
 func (f *FS) Rmdir(name string) error {
-	r, err := f.rel(name)
+	r, err := f.relFor("rmdir", name, PermDelete, false)
 	if err == nil {
 		err = f.unlinkat(r, unix.AT_REMOVEDIR)
 	}
@@ -227,11 +257,17 @@ func (f *FS) PosixRename(oldname, newname string) error {
 }
 
 func (f *FS) rename(oldname, newname string, flags uint) error {
-	or, err := f.rel(oldname)
+	or, err := f.relFor("rename", oldname, PermDelete, false)
+	if err == nil {
+		err = f.allowTree("rename", oldname, or, PermDelete)
+	}
 	if err != nil {
 		return wrap("rename", oldname, err)
 	}
-	nr, err := f.rel(newname)
+	nr, err := f.relFor("rename", newname, PermWrite, false)
+	if err == nil {
+		err = f.allowTree("rename", newname, nr, PermWrite)
+	}
 	if err != nil {
 		return wrap("rename", newname, err)
 	}
@@ -284,7 +320,7 @@ func (f *FS) rename(oldname, newname string, flags uint) error {
 // Symlink creates linkname pointing at target, which must be relative and
 // free of ".." (see checkTarget); it is stored cleaned ("./a//b" as "a/b").
 func (f *FS) Symlink(target, linkname string) error {
-	r, err := f.rel(linkname)
+	r, err := f.relFor("symlink", linkname, PermWrite, false)
 	if err != nil {
 		return wrap("symlink", linkname, err)
 	}
@@ -331,7 +367,7 @@ func checkTarget(target string) error {
 // is refused, so that a target that may lead out, or a host path, is never
 // shown.
 func (f *FS) Readlink(name string) (string, error) {
-	r, err := f.rel(name)
+	r, err := f.relFor("readlink", name, permSee, false)
 	if err != nil {
 		return "", wrap("readlink", name, err)
 	}
@@ -351,7 +387,7 @@ func (f *FS) Readlink(name string) (string, error) {
 // can always account for and serve what the home holds. The home's own
 // mode is left as it is.
 func (f *FS) Chmod(name string, mode fs.FileMode) error {
-	r, err := f.rel(name)
+	r, err := f.relFor("chmod", name, PermWrite, true)
 	if err != nil {
 		return wrap("chmod", name, err)
 	}
@@ -380,7 +416,7 @@ func (f *FS) Chmod(name string, mode fs.FileMode) error {
 
 // Chtimes sets the access and modification times.
 func (f *FS) Chtimes(name string, atime, mtime time.Time) error {
-	r, err := f.rel(name)
+	r, err := f.relFor("chtimes", name, PermWrite, true)
 	if err != nil {
 		return wrap("chtimes", name, err)
 	}
@@ -395,7 +431,7 @@ func (f *FS) Chtimes(name string, atime, mtime time.Time) error {
 // Lchtimes sets the times of a symbolic link itself, or of whatever else
 // name is, without following a link (lsetstat@openssh.com).
 func (f *FS) Lchtimes(name string, atime, mtime time.Time) error {
-	r, err := f.rel(name)
+	r, err := f.relFor("chtimes", name, PermWrite, false)
 	if err != nil {
 		return wrap("chtimes", name, err)
 	}
@@ -415,7 +451,7 @@ func (f *FS) Lchtimes(name string, atime, mtime time.Time) error {
 // hole; growth counts against the quota. On a file being written it acts on
 // what is being written (the new content of an overwrite).
 func (f *FS) Truncate(name string, size int64) error {
-	r, err := f.rel(name)
+	r, err := f.relFor("truncate", name, PermWrite, true)
 	if err != nil {
 		return wrap("truncate", name, err)
 	}
@@ -483,7 +519,7 @@ func (f *FS) StatFS() (unix.Statfs_t, error) {
 // ReadDir opens a directory for listing in batches, so that a directory of
 // any size is never held in memory whole.
 func (f *FS) ReadDir(name string) (*Dir, error) {
-	r, err := f.rel(name)
+	r, err := f.relFor("opendir", name, PermList, true)
 	if err != nil {
 		return nil, wrap("opendir", name, err)
 	}
