@@ -4,9 +4,12 @@ import (
 	"errors"
 	"io"
 	"slices"
+	"time"
 
 	gssh "github.com/gliderlabs/ssh"
 	gossh "golang.org/x/crypto/ssh"
+
+	"silo/users"
 )
 
 // extUser is the Permissions extension that carries the account name from a
@@ -77,14 +80,24 @@ var (
 
 func (a *connAuth) sameUser(c gossh.ConnMetadata) error { return stateOf(c).sameUser(c.User()) }
 
-// grant logs the connection in as name: the Permissions that carry the
-// identity, once the per-user connection limit allows it.
+// grant logs the connection in as name, whose credential was verified: the
+// Permissions that carry the identity, once the account's policy (disabled,
+// expires, allow_from) and its connection limit allow it. A refusal by
+// policy reaches the client as a failed attempt, like a wrong password.
 func (a *connAuth) grant(c gossh.ConnMetadata, name string) (*gossh.Permissions, error) {
 	sshConn := func() *gossh.ServerConn {
 		conn, _ := a.ctx.Value(gssh.ContextKeyConn).(*gossh.ServerConn)
 		return conn
 	}
-	if err := stateOf(c).login(name, sshConn); err != nil {
+	st := stateOf(c)
+	u, ok := a.s.cfg.Users.Lookup(name)
+	if !ok {
+		return nil, users.ErrUnknownUser // removed since its credential was checked
+	}
+	if err := u.LoginAllowed(st.addr, time.Now()); err != nil {
+		return nil, err
+	}
+	if err := st.login(name, u.MaxConnections, sshConn); err != nil {
 		return nil, err
 	}
 	return &gossh.Permissions{Extensions: map[string]string{extUser: name}}, nil

@@ -209,14 +209,18 @@ func (st *connState) sameUser(name string) error {
 
 var errTooManyConns = errors.New("too many connections for this user")
 
-// login makes the connection its user's, unless the user has too many.
-// The refusal carries a banner, which OpenSSH's ssh prints. sshConn gives
-// the connection once its handshake is done, for keepalive probes.
-func (st *connState) login(name string, sshConn func() *gossh.ServerConn) error {
+// login makes the connection its user's, unless the user has too many:
+// maxConns of its own if positive, else the server's limit. The refusal
+// carries a banner, which OpenSSH's ssh prints. sshConn gives the
+// connection once its handshake is done, for keepalive probes.
+func (st *connState) login(name string, maxConns int, sshConn func() *gossh.ServerConn) error {
 	s := st.s
 	lim := s.gate.limits()
+	if maxConns <= 0 {
+		maxConns = lim.MaxConnectionsPerUser
+	}
 	s.mu.Lock()
-	if n := len(s.conns[name]); lim.MaxConnectionsPerUser > 0 && n >= lim.MaxConnectionsPerUser {
+	if n := len(s.conns[name]); maxConns > 0 && n >= maxConns {
 		s.mu.Unlock()
 		return &gossh.BannerError{Err: errTooManyConns,
 			Message: fmt.Sprintf("silo: %s already has %d connections, the most allowed\r\n", name, n)}

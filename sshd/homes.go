@@ -25,8 +25,10 @@ type homes struct {
 	fsync     bool
 	idleClose time.Duration
 	// Test hooks: opening is called before a home is opened (and walked),
-	// closed after one is closed for being idle.
+	// closed after one is closed for being idle; clock is what rate limits
+	// wait on (nil: the system's).
 	opening, closed func(dir string)
+	clock           vfs.Clock
 
 	mu    sync.Mutex
 	byDir map[string]*openHome
@@ -89,7 +91,8 @@ func (h *homes) acquire(u users.User) (*vfs.FS, func(), error) {
 		if h.opening != nil {
 			h.opening(dir)
 		}
-		oh.fs, oh.err = vfs.Open(dir, vfs.Options{Limits: limitsOf(u), Fsync: h.fsync})
+		oh.fs, oh.err = vfs.Open(dir, vfs.Options{Limits: limitsOf(u), Fsync: h.fsync,
+			Rules: u.Rules(), Rates: u.Rates(), Clock: h.clock})
 		close(oh.ready)
 		h.mu.Lock()
 		if oh.err != nil {
@@ -111,8 +114,16 @@ func (h *homes) acquire(u users.User) (*vfs.FS, func(), error) {
 		h.release(oh)
 		return nil, nil, fmt.Errorf("open home of %s: %w", u.Name, oh.err)
 	}
-	oh.fs.SetLimits(limitsOf(u))
+	applyAccount(oh.fs, u)
 	return oh.fs, sync.OnceFunc(func() { h.release(oh) }), nil
+}
+
+// applyAccount gives an open home what its user's record says now: limits,
+// permission rules, rates.
+func applyAccount(fs *vfs.FS, u users.User) {
+	fs.SetLimits(limitsOf(u))
+	fs.SetRules(u.Rules())
+	fs.SetRates(u.Rates())
 }
 
 func isReady(oh *openHome) bool {

@@ -315,9 +315,11 @@ func limitsOf(u users.User) vfs.Limits {
 	return vfs.Limits{Bytes: int64(u.Quota), Files: u.MaxFiles}
 }
 
-// Reloaded applies a new version of the users file: the removed users'
-// connections end, open homes take their users' new limits, and a home whose
-// user asked for a rescan (`silo user rescan`) recomputes its usage.
+// Reloaded applies a new version of the users file: the connections of
+// removed users end, and those of users who may no longer log in (disabled,
+// expired, or connected from outside a new allow_from); open homes take
+// their users' new limits, permissions and rates; and a home whose user
+// asked for a rescan (`silo user rescan`) recomputes its usage.
 func (s *Server) Reloaded(removed []string) {
 	var rescans []*openHome
 	s.homes.each(func(name string, oh *openHome) {
@@ -325,7 +327,7 @@ func (s *Server) Reloaded(removed []string) {
 		if !ok {
 			return
 		}
-		oh.fs.SetLimits(limitsOf(u))
+		applyAccount(oh.fs, u)
 		if u.Rescan != oh.rescan {
 			oh.rescan = u.Rescan
 			oh.refs++ // kept open for the walk
@@ -342,6 +344,34 @@ func (s *Server) Reloaded(removed []string) {
 		s.homes.release(oh)
 	}
 	s.usersRemoved(removed)
+	s.closeRefused()
+}
+
+// closeRefused ends every connection whose user would not be let in now.
+func (s *Server) closeRefused() {
+	now := time.Now()
+	type refusal struct {
+		st  *connState
+		err error
+	}
+	var drop []refusal
+	s.mu.Lock()
+	for name, conns := range s.conns {
+		u, ok := s.cfg.Users.Lookup(name)
+		if !ok {
+			continue // removed: usersRemoved's
+		}
+		for st := range conns {
+			if err := u.LoginAllowed(st.addr, now); err != nil {
+				drop = append(drop, refusal{st, err})
+			}
+		}
+	}
+	s.mu.Unlock()
+	for _, d := range drop {
+		s.log.Info("closing connection of user no longer allowed", "user", d.st.user, "remote", d.st.remote, "reason", d.err.Error())
+		d.st.raw.Close()
+	}
 }
 
 // usersRemoved ends every connection of the named users, which no longer

@@ -514,6 +514,10 @@ func (h *sftpHandler) status(err error) error {
 	if errors.As(err, &qe) {
 		return &statusError{sftp.ErrSSHFxFailure, qe.Error()}
 	}
+	var perm *vfs.PermissionError
+	if errors.As(err, &perm) {
+		return &statusError{sftp.ErrSSHFxPermissionDenied, "permission denied: " + p + ": " + perm.Error()}
+	}
 	var te *vfs.TargetError
 	if errors.As(err, &te) {
 		return &statusError{sftp.ErrSSHFxPermissionDenied, "permission denied: " + te.Error() + ": " + p}

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/sys/unix"
 	"silo/internal/atomicfile"
+	"silo/vfs"
 )
 
 // User is one account as stored in the users file.
@@ -26,14 +27,37 @@ type User struct {
 	// Password is a hash (see VerifyPassword), never a clear-text password.
 	Password string   `toml:"password,omitempty"`
 	Keys     []string `toml:"keys,omitempty"` // authorized_keys lines
-	Quota    Size     `toml:"quota,omitempty"`
-	MaxFiles int64    `toml:"max_files,omitempty"`
+	Quota    Size     `toml:"quota,omitzero"`
+	MaxFiles int64    `toml:"max_files,omitzero"`
 	// Home is absolute, or relative to the server's homes directory; empty
 	// means homes/NAME.
 	Home string `toml:"home,omitempty"`
 	// Rescan is bumped by `silo user rescan`: a running server that sees it
 	// change recomputes the user's usage from disk.
-	Rescan int64 `toml:"rescan,omitempty"`
+	Rescan int64 `toml:"rescan,omitzero"`
+
+	// Disabled refuses every login; a running server closes the account's
+	// connections when it reads the change.
+	Disabled bool `toml:"disabled,omitempty"`
+	// Expires is when the account stops working: a date ("2027-06-30",
+	// the start of that day in UTC) or an RFC 3339 time. Empty: never.
+	Expires string `toml:"expires,omitempty"`
+	// AllowFrom lists the networks (CIDR blocks, "192.0.2.0/24",
+	// "2001:db8::/32", one address as /32 or /128) logins may come from;
+	// empty allows any.
+	AllowFrom []string `toml:"allow_from,omitempty"`
+	// MaxConnections caps the account's connections at once, in place of
+	// the server's max_connections_per_user; 0 keeps the server's.
+	MaxConnections int `toml:"max_connections,omitzero"`
+	// UploadRate and DownloadRate cap the bytes per second written to and
+	// read from the account's files, over all its sessions together; 0 is
+	// unlimited.
+	UploadRate   Size `toml:"upload_rate,omitzero"`
+	DownloadRate Size `toml:"download_rate,omitzero"`
+	// Perms maps virtual directories to permission lists ("/" = "read,list",
+	// "/incoming" = "write"); see vfs.Perm. A rule covers its directory and
+	// everything below it; a path no rule covers allows everything.
+	Perms map[string]string `toml:"perms,omitempty"`
 }
 
 // File is the whole users file: one [[user]] table per account.
@@ -94,6 +118,21 @@ func (u *User) Validate() error {
 	}
 	if strings.ContainsRune(u.Home, 0) {
 		return fmt.Errorf("user %s: home contains a NUL byte", u.Name)
+	}
+	if _, err := ParseExpiry(u.Expires); err != nil {
+		return fmt.Errorf("user %s: expires: %w", u.Name, err)
+	}
+	if _, err := parsePrefixes(u.AllowFrom); err != nil {
+		return fmt.Errorf("user %s: allow_from: %w", u.Name, err)
+	}
+	if u.MaxConnections < 0 {
+		return fmt.Errorf("user %s: max_connections must not be negative", u.Name)
+	}
+	if u.UploadRate < 0 || u.DownloadRate < 0 {
+		return fmt.Errorf("user %s: upload_rate and download_rate must not be negative", u.Name)
+	}
+	if _, err := vfs.ParseRules(u.Perms); err != nil {
+		return fmt.Errorf("user %s: perms: %w", u.Name, err)
 	}
 	return nil
 }
