@@ -3,7 +3,7 @@
 //
 //	silo serve [--config FILE]
 //	silo check-config [--config FILE]
-//	silo user add|passwd|del|list|show ...
+//	silo user add|set|key|import|passwd|del|list|show|rescan ...
 //	silo status [--json | --watch]
 //	silo kick USER|SESSION
 //	silo version
@@ -28,7 +28,12 @@ var version, commit = "", ""
 const usage = `usage:
   silo serve [--config FILE]
   silo check-config [--config FILE]
-  silo user add NAME [--password-stdin] [--key KEY]... [--quota SIZE] [--max-files N] [--home DIR]
+  silo user add NAME [--password-stdin] [--key KEY]... [POLICY...]
+  silo user set NAME POLICY...
+  silo user key add|rm NAME KEY...
+  silo user key list NAME
+  silo user import --authorized-keys FILE NAME
+  silo user import --shadow FILE [NAME...]
   silo user passwd NAME [--password-stdin]
   silo user del NAME
   silo user list
@@ -37,6 +42,10 @@ const usage = `usage:
   silo status [--json | --watch]
   silo kick USER|SESSION
   silo version
+POLICY is any of: --quota SIZE, --max-files N, --home DIR, --disable or
+--enable, --expires DATE|never, --perm PATH=PERMS (PERMS a comma list of
+read, write, delete, list, or all or none; repeatable), --allow-from CIDR
+(repeatable), --max-connections N, --upload-rate SIZE, --download-rate SIZE.
 Every command takes --config FILE (default ./config.toml). SILO_* environment
 variables override config keys (SILO_LISTEN, SILO_LIMITS_MAX_SESSIONS, ...).
 `

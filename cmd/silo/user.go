@@ -6,8 +6,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -28,26 +30,38 @@ func (l *stringList) String() string     { return strings.Join(*l, ",") }
 func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
 
 func userCmd(sub string, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if sub == "key" {
+		if len(args) == 0 {
+			return fmt.Errorf("%w: user key takes add, rm or list", errUsage)
+		}
+		sub, args = "key "+args[0], args[1:]
+	}
 	fs := flag.NewFlagSet("user "+sub, flag.ContinueOnError)
 	configPath := fs.String("config", "config.toml", "configuration file")
 	var (
 		pwStdin  *bool
 		keys     stringList
-		quota    *string
-		maxFiles *int64
-		home     *string
+		acct     *accountFlags
+		authKeys *string
+		shadow   *string
 	)
-	nargs := 1
+	nargs, more := 1, false // positional arguments: nargs, or more with more
 	switch sub {
 	case "add":
 		pwStdin = fs.Bool("password-stdin", false, "read the password from the first line of stdin")
 		fs.Var(&keys, "key", "public key file or authorized_keys line (repeatable)")
-		quota = fs.String("quota", "", "disk quota, e.g. 100MiB, 5GB (0: unlimited)")
-		maxFiles = fs.Int64("max-files", 0, "most files the user may have (0: unlimited)")
-		home = fs.String("home", "", "home directory (default: homes/NAME)")
+		acct = addAccountFlags(fs)
+	case "set":
+		acct = addAccountFlags(fs)
 	case "passwd":
 		pwStdin = fs.Bool("password-stdin", false, "read the password from the first line of stdin")
-	case "del", "show", "rescan":
+	case "del", "show", "rescan", "key list":
+	case "key add", "key rm":
+		nargs, more = 2, true
+	case "import":
+		authKeys = fs.String("authorized-keys", "", "an OpenSSH authorized_keys file: its keys for NAME")
+		shadow = fs.String("shadow", "", "an /etc/shadow-style file of NAME:HASH lines")
+		nargs, more = 0, true
 	case "list":
 		nargs = 0
 	default:
@@ -57,15 +71,32 @@ func userCmd(sub string, args []string, stdin io.Reader, stdout, stderr io.Write
 	if err != nil {
 		return err
 	}
-	if len(pos) != nargs {
-		return fmt.Errorf("%w: user %s takes %d argument(s), got %d", errUsage, sub, nargs, len(pos))
+	if len(pos) != nargs && !(more && len(pos) > nargs) {
+		want := strconv.Itoa(nargs)
+		if more {
+			want = "at least " + want
+		}
+		return fmt.Errorf("%w: user %s takes %s argument(s), got %d", errUsage, sub, want, len(pos))
+	}
+	var importData []byte
+	if sub == "import" {
+		if importData, err = readImport(*authKeys, *shadow, pos, stdin); err != nil {
+			return err
+		}
 	}
 	// Key files are read with the caller's rights, before becomeOwner.
+	if sub == "key add" || sub == "key rm" {
+		keys = pos[1:]
+	}
 	var keyLines []string
 	for _, k := range keys {
+		if sub == "key rm" && strings.HasPrefix(k, "SHA256:") {
+			keyLines = append(keyLines, k)
+			continue
+		}
 		lines, err := readKeys(k)
 		if err != nil {
-			return fmt.Errorf("--key %s: %w", k, err)
+			return fmt.Errorf("key %s: %w", k, err)
 		}
 		keyLines = append(keyLines, lines...)
 	}
@@ -77,20 +108,40 @@ func userCmd(sub string, args []string, stdin io.Reader, stdout, stderr io.Write
 		return err
 	}
 	var name string
-	if nargs == 1 {
+	if len(pos) > 0 {
 		name = pos[0]
-		if err := users.ValidName(name); err != nil {
+	}
+	names := pos[:min(len(pos), 1)]
+	switch sub {
+	case "import":
+		names = pos
+	case "list":
+		names = nil
+	}
+	for _, n := range names {
+		if err := users.ValidName(n); err != nil {
 			return err
 		}
+	}
+	// edit changes the named user's record under the users file's lock.
+	edit := func(fn func(u *users.User) error) error {
+		return users.Update(cfg.Users, func(f *users.File) error {
+			i := f.Find(name)
+			if i < 0 {
+				return fmt.Errorf("no user %s", name)
+			}
+			if err := fn(&f.Users[i]); err != nil {
+				return err
+			}
+			return f.CheckHomes(cfg.Homes)
+		})
 	}
 
 	switch sub {
 	case "add":
-		u := users.User{Name: name, Home: *home, MaxFiles: *maxFiles}
-		if *quota != "" {
-			if u.Quota, err = users.ParseSize(*quota); err != nil {
-				return fmt.Errorf("--quota: %w", err)
-			}
+		u := users.User{Name: name}
+		if err := acct.apply(&u); err != nil {
+			return err
 		}
 		u.Keys = keyLines
 		switch {
@@ -116,6 +167,58 @@ func userCmd(sub string, args []string, stdin io.Reader, stdout, stderr io.Write
 			return err
 		}
 		fmt.Fprintf(stdout, "added user %s\n", name)
+	case "set":
+		if !acct.any() {
+			return fmt.Errorf("%w: user set needs at least one flag to change", errUsage)
+		}
+		if err := edit(acct.apply); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "changed user %s\n", name)
+	case "key add":
+		added := 0
+		if err := edit(func(u *users.User) error {
+			added = 0
+			for _, k := range keyLines {
+				if keyIndex(u.Keys, k) < 0 {
+					u.Keys = append(u.Keys, k)
+					added++
+				}
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "added %d key(s) to %s (%d already there)\n", added, name, len(keyLines)-added)
+	case "key rm":
+		left := 0
+		if err := edit(func(u *users.User) error {
+			for _, k := range keyLines {
+				i := keyIndex(u.Keys, k)
+				if i < 0 {
+					return fmt.Errorf("%s has no key %s", name, keyText(k))
+				}
+				u.Keys = append(u.Keys[:i], u.Keys[i+1:]...)
+			}
+			left = len(u.Keys)
+			if left == 0 && u.Password == "" {
+				return fmt.Errorf("that would leave %s no way to log in; add a key or a password first, or `silo user set %s --disable`", name, name)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "removed %d key(s) from %s, %d left\n", len(keyLines), name, left)
+	case "key list":
+		u, err := loadUser(cfg.Users, name)
+		if err != nil {
+			return err
+		}
+		for _, line := range u.Keys {
+			fmt.Fprintln(stdout, keyText(line))
+		}
+	case "import":
+		return importUsers(cfg, *authKeys != "", importData, pos, stdout)
 	case "passwd":
 		var h string
 		switch {
@@ -129,14 +232,7 @@ func userCmd(sub string, args []string, stdin io.Reader, stdout, stderr io.Write
 		if err != nil {
 			return err
 		}
-		if err := users.Update(cfg.Users, func(f *users.File) error {
-			i := f.Find(name)
-			if i < 0 {
-				return fmt.Errorf("no user %s", name)
-			}
-			f.Users[i].Password = h
-			return nil
-		}); err != nil {
+		if err := edit(func(u *users.User) error { u.Password = h; return nil }); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "password of %s changed\n", name)
@@ -166,48 +262,124 @@ func userCmd(sub string, args []string, stdin io.Reader, stdout, stderr io.Write
 		}
 		return tw.Flush()
 	case "rescan":
-		if err := users.Update(cfg.Users, func(f *users.File) error {
-			i := f.Find(name)
-			if i < 0 {
-				return fmt.Errorf("no user %s", name)
-			}
-			f.Users[i].Rescan++
-			return nil
-		}); err != nil {
+		if err := edit(func(u *users.User) error { u.Rescan++; return nil }); err != nil {
 			return err
 		}
-		f, err := users.Load(cfg.Users)
+		u, err := loadUser(cfg.Users, name)
 		if err != nil {
 			return err
 		}
-		u := f.Users[f.Find(name)]
 		used := homeUsage(u.HomeDir(cfg.Homes))
 		fmt.Fprintf(stdout, "%s uses %s in %s files; a running server recounts within a second\n", name, used.bytes, used.files)
 	case "show":
-		f, err := users.Load(cfg.Users)
+		u, err := loadUser(cfg.Users, name)
 		if err != nil {
 			return err
 		}
-		i := f.Find(name)
-		if i < 0 {
-			return fmt.Errorf("no user %s", name)
-		}
-		u := f.Users[i]
-		tw := tabwriter.NewWriter(stdout, 0, 0, 1, ' ', 0)
-		fmt.Fprintf(tw, "name:\t%s\n", u.Name)
-		fmt.Fprintf(tw, "password:\t%s\n", hashKind(u.Password))
-		fmt.Fprintf(tw, "keys:\t%d\n", len(u.Keys))
-		for _, line := range u.Keys {
-			k, comment, _, _, _ := ssh.ParseAuthorizedKey([]byte(line))
-			fmt.Fprintf(tw, "\t%s %s %s\n", k.Type(), ssh.FingerprintSHA256(k), comment)
-		}
-		used := homeUsage(u.HomeDir(cfg.Homes))
-		fmt.Fprintf(tw, "used:\t%s of %s\n", used.bytes, quotaString(u.Quota))
-		fmt.Fprintf(tw, "files:\t%s of %s\n", used.files, countString(u.MaxFiles))
-		fmt.Fprintf(tw, "home:\t%s\n", u.HomeDir(cfg.Homes))
-		return tw.Flush()
+		return showUser(stdout, u, cfg.Homes)
 	}
 	return nil
+}
+
+func loadUser(path, name string) (users.User, error) {
+	f, err := users.Load(path)
+	if err != nil {
+		return users.User{}, err
+	}
+	i := f.Find(name)
+	if i < 0 {
+		return users.User{}, fmt.Errorf("no user %s", name)
+	}
+	return f.Users[i], nil
+}
+
+// showUser prints everything the record says, and the home's usage.
+func showUser(w io.Writer, u users.User, homes string) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', 0)
+	fmt.Fprintf(tw, "name:\t%s\n", u.Name)
+	state := "enabled"
+	if u.Disabled {
+		state = "disabled"
+	}
+	fmt.Fprintf(tw, "state:\t%s\n", state)
+	fmt.Fprintf(tw, "expires:\t%s\n", orText(u.Expires, "never"))
+	fmt.Fprintf(tw, "password:\t%s\n", hashKind(u.Password))
+	fmt.Fprintf(tw, "keys:\t%d\n", len(u.Keys))
+	for _, line := range u.Keys {
+		fmt.Fprintf(tw, "\t%s\n", keyText(line))
+	}
+	used := homeUsage(u.HomeDir(homes))
+	fmt.Fprintf(tw, "used:\t%s of %s\n", used.bytes, quotaString(u.Quota))
+	fmt.Fprintf(tw, "files:\t%s of %s\n", used.files, countString(u.MaxFiles))
+	fmt.Fprintf(tw, "home:\t%s\n", u.HomeDir(homes))
+	fmt.Fprintf(tw, "allow from:\t%s\n", orText(strings.Join(u.AllowFrom, ", "), "anywhere"))
+	fmt.Fprintf(tw, "connections:\t%s\n", orText(countText(int64(u.MaxConnections)), "the server's max_connections_per_user"))
+	fmt.Fprintf(tw, "upload rate:\t%s\n", rateString(u.UploadRate))
+	fmt.Fprintf(tw, "download rate:\t%s\n", rateString(u.DownloadRate))
+	if len(u.Perms) == 0 {
+		fmt.Fprintf(tw, "permissions:\tall\n")
+	}
+	paths := slices.Sorted(maps.Keys(u.Perms))
+	for i, p := range paths {
+		label := "permissions:"
+		if i > 0 {
+			label = ""
+		}
+		fmt.Fprintf(tw, "%s\t%s %s\n", label, p, u.Perms[p])
+	}
+	return tw.Flush()
+}
+
+func orText(s, none string) string {
+	if s == "" {
+		return none
+	}
+	return s
+}
+
+func countText(n int64) string {
+	if n == 0 {
+		return ""
+	}
+	return strconv.FormatInt(n, 10)
+}
+
+func rateString(z users.Size) string {
+	if z == 0 {
+		return "unlimited"
+	}
+	return z.String() + "/s"
+}
+
+// keyText describes an authorized_keys line as `user key list` prints it:
+// type, SHA256 fingerprint, comment. A fingerprint alone stands for
+// itself.
+func keyText(line string) string {
+	if strings.HasPrefix(line, "SHA256:") {
+		return line
+	}
+	k, comment, _, _, err := ssh.ParseAuthorizedKey([]byte(line))
+	if err != nil {
+		return "?"
+	}
+	return strings.TrimSpace(k.Type() + " " + ssh.FingerprintSHA256(k) + " " + comment)
+}
+
+// keyIndex finds the key of line (an authorized_keys line, or a SHA256
+// fingerprint) among keys, by the key itself, not its comment.
+func keyIndex(keys []string, line string) int {
+	fp := line
+	if !strings.HasPrefix(line, "SHA256:") {
+		k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(line))
+		if err != nil {
+			return -1
+		}
+		fp = ssh.FingerprintSHA256(k)
+	}
+	return slices.IndexFunc(keys, func(l string) bool {
+		k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(l))
+		return err == nil && ssh.FingerprintSHA256(k) == fp
+	})
 }
 
 // passwordFromStdin reads the first line of stdin and returns its hash.
