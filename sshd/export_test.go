@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"time"
+
+	"silo/vfs"
 )
 
 // SetHomeHooks sets how long an unused home stays open, and hooks called
@@ -20,3 +22,7 @@ func (s *Server) AddTestCommand(name string, fn func(ctx context.Context, stdin 
 	}
 	s.testCommands[name] = fn
 }
+
+// SetRateClock makes the rate limits of homes opened from now on measure
+// time with, and wait on, c.
+func SetRateClock(s *Server, c vfs.Clock) { s.homes.clock = c }
