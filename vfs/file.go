@@ -95,7 +95,7 @@ func (f *FS) OpenFile(name string, flag int) (*File, error) {
 // openRegular opens r and makes sure it is a regular file.
 func (f *FS) openRegular(r string, flag int) (*os.File, error) {
 	// O_NONBLOCK: opening a FIFO must not wait for a peer.
-	osf, err := f.root.OpenFile(r, flag|unix.O_NONBLOCK|unix.O_CLOEXEC, fileMode)
+	osf, err := f.openAt(r, flag|unix.O_NONBLOCK|unix.O_CLOEXEC, fileMode)
 	if err != nil {
 		return nil, err
 	}

@@ -4,9 +4,13 @@ import (
 	"fmt"
 	"io/fs"
 	"maps"
+	"os"
 	"path"
 	"slices"
 	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Perm is a set of what an account may do at a path.
@@ -218,25 +222,66 @@ func (f *FS) SetRules(r Rules) {
 // allow checks that the rules give need for the root-relative name r (from
 // rel, which name was mapped by). With follow, a symbolic link as the last
 // element is followed, as the operation itself will; links on the way are
-// always followed. Where the path cannot be resolved (a directory on the
-// way is missing, say), the operation is checked on the path as written
-// and will fail on its own.
-func (f *FS) allow(op, name, r string, need Perm, follow bool) error {
+// always followed. It returns the name to operate on: r without rules, and
+// otherwise the name checked, with its links resolved. A name that cannot
+// be resolved (a directory on the way is missing, say) fails as the
+// operation would.
+func (f *FS) allow(op, name, r string, need Perm, follow bool) (string, error) {
 	rules := f.rulesNow()
 	if rules == nil {
-		return nil
+		return r, nil
 	}
 	v, err := f.resolvedPath(r, follow)
-	if err == ErrEscape {
-		return wrap(op, name, err)
-	}
 	if err != nil {
-		v = Clean(r)
+		return "", wrap(op, name, err)
 	}
 	if err := rules.allowAt(v, need); err != nil {
-		return &fs.PathError{Op: op, Path: Clean(name), Err: err}
+		return "", &fs.PathError{Op: op, Path: Clean(name), Err: err}
 	}
-	return nil
+	if f.checked != nil {
+		f.checked()
+	}
+	if v == "/" {
+		return ".", nil
+	}
+	return v[1:], nil
+}
+
+// openAt opens the root-relative name r. Under permission rules, r is the
+// name allow checked, whose links were resolved then, and it is opened only
+// if no link has appeared on it since (openat2's RESOLVE_NO_SYMLINKS): a
+// session that swaps a link between the check and the open gets "try
+// again", never the file the swapped link leads to. Without openat2
+// (Linux before 5.6) it is opened through the root as without rules.
+func (f *FS) openAt(r string, flag int, mode os.FileMode) (*os.File, error) {
+	if f.rulesNow() == nil {
+		return f.root.OpenFile(r, flag, mode)
+	}
+	d, err := f.root.Open(".")
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	how := unix.OpenHow{Flags: uint64(flag) | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_BENEATH | unix.RESOLVE_NO_MAGICLINKS}
+	if flag&os.O_CREATE != 0 {
+		how.Mode = uint64(mode.Perm()) // openat2 refuses a mode without O_CREAT
+	}
+	for {
+		fd, err := unix.Openat2(int(d.Fd()), r, &how)
+		switch err {
+		case nil:
+			return os.NewFile(uintptr(fd), r), nil
+		case unix.EINTR:
+			continue
+		case unix.ENOSYS, unix.EPERM:
+			// No openat2, or a seccomp filter that refuses it.
+			return f.root.OpenFile(r, flag, mode)
+		case unix.ELOOP, unix.EXDEV:
+			return nil, syscall.EAGAIN
+		}
+		return nil, err
+	}
 }
 
 // allowTree checks need on every rule strictly below the directory r (a

@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -132,5 +133,73 @@ func TestRulesEnforced(t *testing.T) {
 	f.SetRules(nil)
 	if err := f.Remove("/incoming/earlier"); err != nil {
 		t.Errorf("without rules: %v", err)
+	}
+}
+
+// Another session of the account racing a check: whatever it changes
+// between the check and the operation, the operation acts on what was
+// checked or fails with "try again", never on what a new link leads to.
+func TestRulesLinkSwapRace(t *testing.T) {
+	f, dir := newFS(t)
+	at := func(p string) string { return filepath.Join(dir, p) }
+	f.SetRules(Rules{"/secret": PermNone})
+	ops := []struct {
+		name string
+		op   func() error
+	}{
+		{"read", func() error {
+			file, err := f.OpenFile("/l/f", os.O_RDONLY)
+			if err == nil {
+				file.Close()
+			}
+			return err
+		}},
+		{"overwrite", func() error {
+			file, err := f.OpenFile("/l/f", os.O_WRONLY|os.O_TRUNC)
+			if err == nil {
+				file.Close()
+			}
+			return err
+		}},
+		{"remove", func() error { return f.Remove("/l/f") }},
+		{"list", func() error {
+			d, err := f.ReadDir("/l")
+			if err == nil {
+				d.Close()
+			}
+			return err
+		}},
+	}
+	for _, race := range []struct {
+		name  string
+		swap  func()
+		again bool // the operation must fail with EAGAIN
+	}{
+		// The link checked is replaced: the operation was given the path
+		// the old link led to, and acts there.
+		{"link replaced", func() { os.Remove(at("l")); os.Symlink("secret", at("l")) }, false},
+		// The directory the old link led to is replaced by a link into
+		// /secret: the path checked now holds a link, not followed.
+		{"directory replaced by a link", func() { os.Rename(at("pub"), at("pub.old")); os.Symlink("secret", at("pub")) }, true},
+	} {
+		for _, tc := range ops {
+			os.RemoveAll(at("pub"))
+			os.RemoveAll(at("pub.old"))
+			os.Remove(at("l"))
+			for _, p := range []string{"pub/f", "secret/f"} {
+				os.MkdirAll(filepath.Dir(at(p)), 0o755)
+				os.WriteFile(at(p), []byte(p), 0o644)
+			}
+			os.Symlink("pub", at("l"))
+			f.checked = race.swap
+			err := tc.op()
+			f.checked = nil
+			if race.again && !errors.Is(err, syscall.EAGAIN) || !race.again && err != nil {
+				t.Errorf("%s, %s: got %v, want EAGAIN %v", race.name, tc.name, err, race.again)
+			}
+			if got, _ := os.ReadFile(at("secret/f")); string(got) != "secret/f" {
+				t.Fatalf("%s, %s: the protected file became %q", race.name, tc.name, got)
+			}
+		}
 	}
 }

@@ -39,6 +39,7 @@ type FS struct {
 	held atomic.Int64 // bytes of out-of-order writes held in memory (order.go)
 
 	rules               atomic.Pointer[Rules] // nil: no rule (perm.go)
+	checked             func()                // test hook: a permission check passed
 	clock               Clock
 	readRate, writeRate throttle // rate.go
 
@@ -106,16 +107,15 @@ func (f *FS) rel(name string) (string, error) {
 
 // relFor is rel for an operation that needs the permission need at name
 // (see Perm); follow says whether the operation follows a symbolic link as
-// name's last element.
+// name's last element. Under permission rules the name returned is the one
+// that was checked: with the links on it resolved (the last one too, with
+// follow), so that the operation acts on what was checked (see openAt).
 func (f *FS) relFor(op, name string, need Perm, follow bool) (string, error) {
 	r, err := f.rel(name)
 	if err != nil {
 		return "", err
 	}
-	if err := f.allow(op, name, r, need, follow); err != nil {
-		return "", err
-	}
-	return r, nil
+	return f.allow(op, name, r, need, follow)
 }
 
 // Close releases the home. Files already open stay usable.
@@ -165,7 +165,7 @@ func (f *FS) parent(r string) (*os.File, string, error) {
 	if dir == "" {
 		dir = "."
 	}
-	d, err := f.root.OpenFile(dir, os.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	d, err := f.openAt(dir, os.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, "", err
 	}
@@ -523,7 +523,7 @@ func (f *FS) ReadDir(name string) (*Dir, error) {
 	if err != nil {
 		return nil, wrap("opendir", name, err)
 	}
-	d, err := f.root.OpenFile(r, os.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	d, err := f.openAt(r, os.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, wrap("opendir", name, err)
 	}
