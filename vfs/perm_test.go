@@ -57,26 +57,10 @@ func TestRulesEnforced(t *testing.T) {
 	os.Symlink("../secret", filepath.Join(dir, "open", "tosecret"))
 	f.SetRules(Rules{"/": PermNone, "/incoming": PermWrite, "/outgoing": PermRead | PermList,
 		"/open": PermAll, "/a": PermAll, "/a/b": PermRead, "/a/z/inner": PermRead})
-	open := func(name string, flag int) func() error {
-		return func() error {
-			file, err := f.OpenFile(name, flag)
-			if err == nil {
-				file.Close()
-			}
-			return err
-		}
-	}
+	open := func(name string, flag int) func() error { return func() error { return tryOpen(f, name, flag) } }
 	stat := func(name string) func() error { return func() error { _, err := f.Stat(name); return err } }
 	lstat := func(name string) func() error { return func() error { _, err := f.Lstat(name); return err } }
-	list := func(name string) func() error {
-		return func() error {
-			d, err := f.ReadDir(name)
-			if err == nil {
-				d.Close()
-			}
-			return err
-		}
-	}
+	list := func(name string) func() error { return func() error { return tryList(f, name) } }
 	for _, tc := range []struct {
 		name string
 		op   func() error
@@ -147,28 +131,10 @@ func TestRulesLinkSwapRace(t *testing.T) {
 		name string
 		op   func() error
 	}{
-		{"read", func() error {
-			file, err := f.OpenFile("/l/f", os.O_RDONLY)
-			if err == nil {
-				file.Close()
-			}
-			return err
-		}},
-		{"overwrite", func() error {
-			file, err := f.OpenFile("/l/f", os.O_WRONLY|os.O_TRUNC)
-			if err == nil {
-				file.Close()
-			}
-			return err
-		}},
+		{"read", func() error { return tryOpen(f, "/l/f", os.O_RDONLY) }},
+		{"overwrite", func() error { return tryOpen(f, "/l/f", os.O_WRONLY|os.O_TRUNC) }},
 		{"remove", func() error { return f.Remove("/l/f") }},
-		{"list", func() error {
-			d, err := f.ReadDir("/l")
-			if err == nil {
-				d.Close()
-			}
-			return err
-		}},
+		{"list", func() error { return tryList(f, "/l") }},
 	}
 	for _, race := range []struct {
 		name  string
@@ -202,4 +168,21 @@ func TestRulesLinkSwapRace(t *testing.T) {
 			}
 		}
 	}
+}
+
+// tryOpen and tryList open and close again, for tests of whether they may.
+func tryOpen(f *FS, name string, flag int) error {
+	file, err := f.OpenFile(name, flag)
+	if err == nil {
+		file.Close()
+	}
+	return err
+}
+
+func tryList(f *FS, name string) error {
+	d, err := f.ReadDir(name)
+	if err == nil {
+		d.Close()
+	}
+	return err
 }
