@@ -348,29 +348,28 @@ func (s *Server) Reloaded(removed []string) {
 }
 
 // closeRefused ends every connection whose user would not be let in now.
+// The account store is asked outside mu: it may be slow (a database).
 func (s *Server) closeRefused() {
-	now := time.Now()
-	type refusal struct {
-		st  *connState
-		err error
-	}
-	var drop []refusal
 	s.mu.Lock()
+	byUser := make(map[string][]*connState, len(s.conns))
 	for name, conns := range s.conns {
-		u, ok := s.cfg.Users.Lookup(name)
-		if !ok {
-			continue // removed: usersRemoved's
-		}
 		for st := range conns {
-			if err := u.LoginAllowed(st.addr, now); err != nil {
-				drop = append(drop, refusal{st, err})
-			}
+			byUser[name] = append(byUser[name], st)
 		}
 	}
 	s.mu.Unlock()
-	for _, d := range drop {
-		s.log.Info("closing connection of user no longer allowed", "user", d.st.user, "remote", d.st.remote, "reason", d.err.Error())
-		d.st.raw.Close()
+	now := time.Now()
+	for name, conns := range byUser {
+		u, ok := s.cfg.Users.Lookup(name)
+		if !ok {
+			continue // removed: usersRemoved closes those
+		}
+		for _, st := range conns {
+			if err := u.LoginAllowed(st.addr, now); err != nil {
+				s.log.Info("closing connection of user no longer allowed", "user", name, "remote", st.remote, "reason", err.Error())
+				st.raw.Close()
+			}
+		}
 	}
 }
 
