@@ -213,7 +213,7 @@ func TestUserCommands(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "homes", "alice", "sub", "f"), make([]byte, 1536), 0o644)
 	os.Symlink("sub/f", filepath.Join(dir, "homes", "alice", "l"))
 	out, _, _ = silo(t, "", "user", "show", "alice", "--config", cfg)
-	if !strings.Contains(out, "used:     9.5 KiB of 100 MiB") || !strings.Contains(out, "files:    3 of 1000") {
+	if !strings.Contains(out, "used:          9.5 KiB of 100 MiB") || !strings.Contains(out, "files:         3 of 1000") {
 		t.Errorf("user show alice:\n%s", out)
 	}
 	if out, _, code := silo(t, "", "user", "rescan", "alice", "--config", cfg); code != 0 || !strings.Contains(out, "alice uses 9.5 KiB in 3 files") {

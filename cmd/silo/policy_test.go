@@ -168,13 +168,13 @@ func TestDisableClosesSessions(t *testing.T) {
 	t.Parallel()
 	cfg := writeConfig(t, testConfig)
 	s := startSilo(t, cfg)
-	keyFile := addKeyUser(t, cfg, "alice")
 	reloads := s.log.count("users reloaded")
 	changed := func() {
 		t.Helper()
 		reloads++
 		s.log.waitCount(t, "users reloaded", reloads)
 	}
+	keyFile := addKeyUser(t, cfg, "alice")
 	changed()
 	login := func() (*ssh.Client, error) {
 		return dialSilo(s.addr, "alice", ssh.InsecureIgnoreHostKey(), keyAuth(t, keyFile))

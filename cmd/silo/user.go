@@ -96,6 +96,9 @@ func userCmd(sub string, args []string, stdin io.Reader, stdout, stderr io.Write
 		}
 		lines, err := readKeys(k)
 		if err != nil {
+			if sub == "add" {
+				return fmt.Errorf("--key %s: %w", k, err)
+			}
 			return fmt.Errorf("key %s: %w", k, err)
 		}
 		keyLines = append(keyLines, lines...)
