@@ -274,7 +274,8 @@ func TestPolicyMessages(t *testing.T) {
 	local := t.TempDir()
 	writeFile(t, filepath.Join(local, "f"), []byte("x"))
 	script := filepath.Join(local, "script")
-	writeFile(t, script, []byte("put "+filepath.Join(local, "f")+" /outgoing/f\n"))
+	// The batch stops at the first command that fails.
+	writeFile(t, script, []byte("put "+filepath.Join(local, "f")+" /incoming/psftp\nput "+filepath.Join(local, "f")+" /outgoing/f\n"))
 	args := []string{"-P", ts.port, "-pw", "mix-pw", "-batch", "-b", script}
 	for _, k := range shared.hostKeys {
 		args = append(args, "-hostkey", ssh.FingerprintSHA256(k.PublicKey()))
@@ -283,5 +284,8 @@ func TestPolicyMessages(t *testing.T) {
 	// psftp words a status by its code, not with the server's message.
 	if err == nil || !strings.Contains(string(out), "/outgoing/f: open for write: permission denied") {
 		t.Errorf("psftp put into /outgoing: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(ts.homes, "mix", "incoming", "psftp")); err != nil {
+		t.Errorf("psftp put into /incoming: %v\n%s", err, out)
 	}
 }
