@@ -284,6 +284,35 @@ func (f *FS) openAt(r string, flag int, mode os.FileMode) (*os.File, error) {
 	}
 }
 
+// mkdirAt and symlinkAt create the root-relative name r. Under permission
+// rules they do it in r's directory opened as openAt opens it, so that a
+// link put on the checked path since is not followed.
+func (f *FS) mkdirAt(r string) error {
+	if f.rulesNow() == nil {
+		return f.root.Mkdir(r, dirMode)
+	}
+	return f.inParent(r, func(dir int, base string) error { return unix.Mkdirat(dir, base, dirMode) })
+}
+
+func (f *FS) symlinkAt(target, r string) error {
+	if f.rulesNow() == nil {
+		return f.root.Symlink(target, r)
+	}
+	return f.inParent(r, func(dir int, base string) error { return unix.Symlinkat(target, dir, base) })
+}
+
+func (f *FS) inParent(r string, fn func(dir int, base string) error) error {
+	if r == "." {
+		return syscall.EEXIST // the home
+	}
+	d, base, err := f.parent(r)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return fn(int(d.Fd()), base)
+}
+
 // allowTree checks need on every rule strictly below the directory r (a
 // rename moves what they cover).
 func (f *FS) allowTree(op, name, r string, need Perm) error {

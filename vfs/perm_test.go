@@ -135,6 +135,8 @@ func TestRulesLinkSwapRace(t *testing.T) {
 		{"overwrite", func() error { return tryOpen(f, "/l/f", os.O_WRONLY|os.O_TRUNC) }},
 		{"remove", func() error { return f.Remove("/l/f") }},
 		{"list", func() error { return tryList(f, "/l") }},
+		{"mkdir", func() error { return f.Mkdir("/l/d") }},
+		{"symlink", func() error { return f.Symlink("f", "/l/s") }},
 	}
 	for _, race := range []struct {
 		name  string
@@ -165,6 +167,9 @@ func TestRulesLinkSwapRace(t *testing.T) {
 			}
 			if got, _ := os.ReadFile(at("secret/f")); string(got) != "secret/f" {
 				t.Fatalf("%s, %s: the protected file became %q", race.name, tc.name, got)
+			}
+			if ents, _ := os.ReadDir(at("secret")); len(ents) != 1 {
+				t.Fatalf("%s, %s: /secret holds %d entries, want its one file", race.name, tc.name, len(ents))
 			}
 		}
 	}

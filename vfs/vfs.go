@@ -148,7 +148,7 @@ func (f *FS) Mkdir(name string) error {
 		err = f.reserve(EntryBytes, 1)
 	}
 	if err == nil {
-		if err = f.root.Mkdir(r, dirMode); err != nil {
+		if err = f.mkdirAt(r); err != nil {
 			f.adjust(-EntryBytes, -1)
 		}
 	}
@@ -330,7 +330,7 @@ func (f *FS) Symlink(target, linkname string) error {
 	if err := f.reserve(EntryBytes, 1); err != nil {
 		return wrap("symlink", linkname, err)
 	}
-	if err := f.root.Symlink(path.Clean(target), r); err != nil {
+	if err := f.symlinkAt(path.Clean(target), r); err != nil {
 		f.adjust(-EntryBytes, -1)
 		return wrap("symlink", linkname, err)
 	}
