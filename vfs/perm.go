@@ -7,8 +7,11 @@ import (
 	"os"
 	"path"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -312,6 +315,38 @@ func (f *FS) inParent(r string, fn func(dir int, base string) error) error {
 	defer d.Close()
 	return fn(int(d.Fd()), base)
 }
+
+// chmodAt and chtimesAt change the file at the root-relative name r, which
+// they follow if it is a link. Under permission rules they change the file
+// that openAt finds, through its descriptor's /proc/self/fd entry (an
+// O_PATH descriptor cannot be changed itself), where /proc is mounted.
+func (f *FS) chmodAt(r string, mode fs.FileMode) error {
+	if f.rulesNow() == nil || !procFD() {
+		return f.root.Chmod(r, mode)
+	}
+	return f.viaFD(r, func(p string) error { return os.Chmod(p, mode) })
+}
+
+func (f *FS) chtimesAt(r string, atime, mtime time.Time) error {
+	if f.rulesNow() == nil || !procFD() {
+		return f.root.Chtimes(r, atime, mtime)
+	}
+	return f.viaFD(r, func(p string) error { return os.Chtimes(p, atime, mtime) })
+}
+
+func (f *FS) viaFD(r string, fn func(p string) error) error {
+	d, err := f.openAt(r, unix.O_PATH, 0)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return fn("/proc/self/fd/" + strconv.Itoa(int(d.Fd())))
+}
+
+var procFD = sync.OnceValue(func() bool {
+	_, err := os.Stat("/proc/self/fd")
+	return err == nil
+})
 
 // allowTree checks need on every rule strictly below the directory r (a
 // rename moves what they cover).

@@ -409,7 +409,7 @@ func (f *FS) Chmod(name string, mode fs.FileMode) error {
 		} else {
 			mode |= 0o600
 		}
-		err = f.root.Chmod(r, mode)
+		err = f.chmodAt(r, mode)
 	}
 	return wrap("chmod", name, err)
 }
@@ -425,7 +425,7 @@ func (f *FS) Chtimes(name string, atime, mtime time.Time) error {
 			return wrap("chtimes", name, err)
 		}
 	}
-	return wrap("chtimes", name, f.root.Chtimes(r, atime, mtime))
+	return wrap("chtimes", name, f.chtimesAt(r, atime, mtime))
 }
 
 // Lchtimes sets the times of a symbolic link itself, or of whatever else
