@@ -1,7 +1,9 @@
 // Package users holds silo's accounts: names, password hashes, authorized
-// keys and quotas, stored in a TOML users file. The file is edited only
-// through Update (a locked read-modify-write, replaced atomically), and read
-// by a running server through a Store.
+// keys, quotas and policy (permissions, allowed networks, expiry, rates),
+// stored in a TOML users file (users.example.toml in the repository shows
+// every key). The file is edited only through Update (a locked
+// read-modify-write, replaced atomically), and read by a running server
+// through a Store.
 package users
 
 import (
