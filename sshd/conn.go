@@ -42,6 +42,7 @@ type connState struct {
 	ended         bool           // the connection is closed: no new session starts
 	wg            sync.WaitGroup // sessions, monitor and probes of this connection
 	sshConn       func() *gossh.ServerConn
+	recheck       chan struct{} // the users file changed: the monitor rereads the account's expiry
 
 	sessions   atomic.Int32 // session channels open
 	handles    atomic.Int32 // SFTP file handles open
@@ -127,7 +128,7 @@ func (s *Server) serveConn(c net.Conn) {
 		c.Close()
 		return
 	}
-	st := &connState{s: s, raw: c, addr: addr, remote: c.RemoteAddr().String()}
+	st := &connState{s: s, raw: c, addr: addr, remote: c.RemoteAddr().String(), recheck: make(chan struct{}, 1)}
 	st.ctx, st.cancel = context.WithCancel(context.Background())
 	st.touch()
 	st.mu.Lock()
@@ -273,11 +274,39 @@ func (st *connState) account() {
 	}
 }
 
+// expiresIn returns how long the connection's account has until it
+// expires, and false if it does not expire (or is gone: the reload that
+// removed it closes the connection).
+func (st *connState) expiresIn() (time.Duration, bool) {
+	u, ok := st.s.cfg.Users.Lookup(st.user)
+	if !ok {
+		return 0, false
+	}
+	exp, _ := users.ParseExpiry(u.Expires)
+	if exp.IsZero() {
+		return 0, false
+	}
+	return max(0, time.Until(exp)), true
+}
+
 // monitor closes the connection when it has been idle for the idle timeout
 // (no SFTP request, no command working: a command waiting on its channel
-// does not count), or when KeepaliveCountMax keepalive probes in a row go
-// unanswered. It ends with the connection.
+// does not count), when KeepaliveCountMax keepalive probes in a row go
+// unanswered, or when its account expires. It ends with the connection.
 func (st *connState) monitor(lim Limits) {
+	expiry := time.NewTimer(0)
+	expiry.Stop()
+	defer expiry.Stop()
+	var expire <-chan time.Time
+	arm := func() {
+		expiry.Stop()
+		expire = nil
+		if d, ok := st.expiresIn(); ok {
+			expiry.Reset(d)
+			expire = expiry.C
+		}
+	}
+	arm()
 	var idle, probe <-chan time.Time
 	var idleTimer *time.Timer
 	if lim.IdleTimeout > 0 {
@@ -295,6 +324,16 @@ func (st *connState) monitor(lim Limits) {
 	for {
 		select {
 		case <-st.ctx.Done():
+			return
+		case <-st.recheck:
+			arm()
+		case <-expire:
+			if d, ok := st.expiresIn(); !ok || d > 0 {
+				arm() // extended or lifted meanwhile
+				continue
+			}
+			st.s.log.Info("closing connection of expired account", "user", st.user, "remote", st.remote)
+			st.raw.Close()
 			return
 		case <-idle:
 			quiet := time.Since(time.Unix(0, st.lastActive.Load()))

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/pkg/sftp"
@@ -264,4 +265,35 @@ func TestAccountRates(t *testing.T) {
 	if got, waits := clock.longest(); got-want > time.Millisecond || want-got > time.Millisecond {
 		t.Errorf("download: the longest wait asked for is %v (%d waits), want %v", got, waits, want)
 	}
+}
+
+// An open connection ends when its account expires, on a fake clock; an
+// expiry set or moved later meanwhile is the one that counts.
+func TestExpiryClosesOpenConnection(t *testing.T) {
+	t.Parallel()
+	lim := sshd.DefaultLimits()
+	lim.KeepaliveInterval, lim.IdleTimeout = 0, 0 // only the expiry closes these connections
+	synctest.Test(t, func(t *testing.T) {
+		ts := startMemServer(t, lim, testPenalties())
+		ts.addUser("alice", "", "alice")
+		start := time.Now()
+		at := func(d time.Duration) string { return start.Add(d).UTC().Format(time.RFC3339) }
+		c := ts.connect("alice", "alice")
+		closed := gone(c)
+		time.Sleep(10 * time.Minute)
+		ts.set("alice", func(u *users.User) { u.Expires = at(time.Hour) })
+		time.Sleep(20 * time.Minute)
+		ts.set("alice", func(u *users.User) { u.Expires = at(2 * time.Hour) })
+		time.Sleep(2*time.Hour - 30*time.Minute - time.Second)
+		if closed() {
+			t.Fatal("closed before the expiry, which was moved to 2 h")
+		}
+		time.Sleep(time.Second)
+		if !closed() {
+			t.Fatal("still open when the account expired")
+		}
+		if _, err := ts.dial("alice", ssh.PublicKeys(shared.keys["alice"].signer)); err == nil {
+			t.Fatal("an expired account logged in")
+		}
+	})
 }

@@ -347,7 +347,8 @@ func (s *Server) Reloaded(removed []string) {
 	s.closeRefused()
 }
 
-// closeRefused ends every connection whose user would not be let in now.
+// closeRefused ends every connection whose user would not be let in now,
+// and has the others reread their account's expiry.
 // The account store is asked outside mu: it may be slow (a database).
 func (s *Server) closeRefused() {
 	s.mu.Lock()
@@ -368,6 +369,11 @@ func (s *Server) closeRefused() {
 			if err := u.LoginAllowed(st.addr, now); err != nil {
 				s.log.Info("closing connection of user no longer allowed", "user", name, "remote", st.remote, "reason", err.Error())
 				st.raw.Close()
+				continue
+			}
+			select {
+			case st.recheck <- struct{}{}: // the expiry may have changed
+			default:
 			}
 		}
 	}
