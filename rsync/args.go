@@ -37,6 +37,8 @@ type options struct {
 	compressLevel int  // -1: default
 	compressName  string
 	checksumName  string
+	xferSum       string // the names in checksumName, lower case
+	listSum       string
 	blockSize     int
 	partial       bool
 	partialDir    string
@@ -309,9 +311,17 @@ func (o *options) long(name, val string) {
 			o.refuse(4, "the server does not support --compress-choice=%s (it offers zlibx and zlib)", val)
 		}
 	case "checksum-choice", "cc":
+		// One name is for both uses; two are the transfer's and -c's.
 		o.checksumName = val
-		if v, _, _ := strings.Cut(val, ","); v != "md5" && v != "auto" {
-			o.refuse(4, "the server does not support --checksum-choice=%s (it offers md5)", val)
+		x, l, two := strings.Cut(val, ",")
+		if !two {
+			l = x
+		}
+		o.xferSum, o.listSum = strings.ToLower(x), strings.ToLower(l)
+		for _, n := range []string{o.xferSum, o.listSum} {
+			if k, ok := csumNames[n]; n != "auto" && (!ok || k == csumMD4) {
+				o.refuse(4, "the server does not support --checksum-choice=%s (it offers %s)", val, offeredList())
+			}
 		}
 	case "checksum-seed":
 		o.seed, o.seedSet = int32(o.number(name, val)), true

@@ -230,7 +230,7 @@ func (s *session) encodeEntry(b []byte, st *flistCodec, f *file, uid, gid int32)
 	if s.o.checksum && (f.isReg() || s.proto < 28) {
 		sum := f.sum
 		if sum == nil {
-			sum = make([]byte, 16)
+			sum = make([]byte, s.sums.flist.size())
 		}
 		b = append(b, sum...)
 	}
@@ -331,7 +331,7 @@ func (s *session) decodeEntry(st *flistCodec, x int) *file {
 		fatalf(2, "rsync: [silo] hard-link data in the file list")
 	}
 	if s.o.checksum && (f.isReg() || s.proto < 28) {
-		f.sum = make([]byte, 16)
+		f.sum = make([]byte, s.sums.flist.size())
 		c.read(f.sum)
 	}
 	if f.isDir() {

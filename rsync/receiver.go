@@ -875,8 +875,9 @@ func (r *recv) receiveFile(i int, f *file, redo bool) {
 		xfer.Add(int64(len(data)))
 		offset += int64(len(data))
 	}
-	var want [16]byte
-	c.read(want[:])
+	var wantBuf [16]byte
+	want := wantBuf[:s.sums.xfer.size()]
+	c.read(want)
 	got := sum.Sum(nil)
 	done = true
 	var result error
@@ -891,7 +892,7 @@ func (r *recv) receiveFile(i int, f *file, redo bool) {
 		}
 		s.fileError("rsync: [receiver] write failed on %q: %s", r.rel(lp), errText(werr))
 		result = werr
-	case !bytes.Equal(got, want[:]):
+	case !bytes.Equal(got, want):
 		if inplace {
 			out.Truncate(offset)
 			out.Close()

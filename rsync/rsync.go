@@ -291,13 +291,26 @@ func (s *session) handshake() error {
 		s.id0Names = cf&cfID0Names != 0
 		s.sums.seedFirst = cf&cfChksumSeedFix != 0
 	}
-	s.sums.md4 = s.proto < 30
+	implied := csumMD5
+	if s.proto < 30 {
+		implied = csumMD4
+	}
+	s.sums.xfer, s.sums.flist = implied, implied
+	if s.o.checksumName != "" {
+		pick := func(n string) csum {
+			if n == "auto" {
+				return implied
+			}
+			return csumNames[n]
+		}
+		s.sums.xfer, s.sums.flist = pick(s.o.xferSum), pick(s.o.listSum)
+	}
 	if s.o.compress {
 		s.compress = compressZlib
 	}
 	if s.varintFlags {
 		if s.o.checksumName == "" {
-			c.write(appendVstring(nil, "md5"))
+			c.write(appendVstring(nil, offeredList()))
 		}
 		negotiateZ := s.o.compress && s.o.compressName == ""
 		if negotiateZ {
@@ -306,9 +319,11 @@ func (s *session) handshake() error {
 		c.flush()
 		if s.o.checksumName == "" {
 			list := s.rawVstring()
-			if !hasWord(list, "md5") {
-				return fmt.Errorf("failed to negotiate a checksum choice: the client offers %q, the server md5", list)
+			k, ok := negotiate(list)
+			if !ok {
+				return fmt.Errorf("failed to negotiate a checksum choice: the client offers %q, the server %q", list, offeredList())
 			}
+			s.sums.xfer, s.sums.flist = k, k
 		}
 		if negotiateZ {
 			list := s.rawVstring()

@@ -131,7 +131,10 @@ func newStream(proto int, opts string) *stream {
 	s.o.maxDelete, s.o.maxSize = -1, -1
 	parseArgs(&s.o, strings.Fields(opts))
 	s.varintFlags = proto >= 30
-	s.sums = sums{md4: proto < 30, seedFirst: true, seed: 1}
+	s.sums = sums{xfer: csumMD5, flist: csumMD5, seedFirst: true, seed: 1}
+	if proto < 30 {
+		s.sums.xfer, s.sums.flist = csumMD4, csumMD4
+	}
 	st := &stream{s: s}
 	st.raw(binary.LittleEndian.AppendUint32(nil, uint32(proto)))
 	if proto >= 30 {
@@ -358,4 +361,24 @@ func FuzzServer(f *testing.F) {
 		serve(t, top, in)
 		checkOutside(t, top)
 	})
+}
+
+// The server's choice from a client's list is the name it ranks best.
+func TestNegotiate(t *testing.T) {
+	for _, c := range []struct {
+		list string
+		want csum
+		ok   bool
+	}{
+		{"xxh128 xxh3 xxh64 md5 md4 sha1", csumXXH128, true},
+		{"md5 xxh3", csumXXH3, true},
+		{"XXHASH md4", csumXXH64, true},
+		{"md5 md4", csumMD5, true},
+		{"md4 sha1 none", 0, false},
+		{"", 0, false},
+	} {
+		if got, ok := negotiate(c.list); got != c.want || ok != c.ok {
+			t.Errorf("negotiate(%q) = %v, %v; want %v, %v", c.list, got, ok, c.want, c.ok)
+		}
+	}
 }

@@ -4,7 +4,10 @@ import (
 	"crypto/md5"
 	"encoding/binary"
 	"hash"
+	"strings"
 
+	"github.com/cespare/xxhash/v2"
+	"github.com/zeebo/xxh3"
 	"golang.org/x/crypto/md4"
 )
 
@@ -46,13 +49,79 @@ func (r *rolling) roll(out byte, n int, in byte, grow bool) {
 	}
 }
 
+// csum is a checksum algorithm (checksum.c valid_checksums).
+type csum uint8
+
+const (
+	csumMD4 csum = iota // implied before protocol 30
+	csumMD5
+	csumXXH64
+	csumXXH3
+	csumXXH128
+)
+
+// offered is what the server lists in the negotiation, best first and in
+// rsync's own order: each side picks from the other's list the name it
+// ranks best, so the two agree only when both lists keep that order
+// (section 2.4 of the protocol notes).
+var offered = []csum{csumXXH128, csumXXH3, csumXXH64, csumMD5}
+
+var csumNames = map[string]csum{
+	"md4": csumMD4, "md5": csumMD5, "xxh64": csumXXH64, "xxhash": csumXXH64,
+	"xxh3": csumXXH3, "xxh128": csumXXH128,
+}
+
+func (k csum) String() string {
+	return [...]string{"md4", "md5", "xxh64", "xxh3", "xxh128"}[k]
+}
+
+// size is the length of a whole checksum: the most a block checksum may
+// carry, and what follows a file's data.
+func (k csum) size() int {
+	if k == csumXXH64 || k == csumXXH3 {
+		return 8
+	}
+	return 16
+}
+
+func offeredList() string {
+	names := make([]string, len(offered))
+	for i, k := range offered {
+		names[i] = k.String()
+	}
+	return strings.Join(names, " ")
+}
+
+// negotiate picks from the client's list the algorithm the server ranks
+// best (compat.c parse_negotiate_str).
+func negotiate(list string) (csum, bool) {
+	client := map[csum]bool{}
+	for _, w := range strings.Fields(list) {
+		if k, ok := csumNames[strings.ToLower(w)]; ok {
+			client[k] = true
+		}
+	}
+	for _, k := range offered {
+		if client[k] {
+			return k, true
+		}
+	}
+	return 0, false
+}
+
 // sums are the checksum algorithms of a session (section 5.2 of the
-// protocol notes): the strong block checksum, the whole-file checksum
-// and the -c list checksum.
+// protocol notes): xfer for the block checksums and the whole-file
+// checksum, flist for the -c list checksum.
+//
+// The xxHash sums follow rsync's checksum.c (get_checksum2, sum_init,
+// file_checksum): a block is hashed with the seed as the hash's own seed
+// (the int32 widened with its sign, as C converts it); the whole-file and
+// list sums have no seed; the value goes on the wire little-endian, the
+// low half of xxh128 first.
 type sums struct {
-	md4       bool // protocols before 30
-	seedFirst bool // MD5 with the seed before the data (compat flag C)
-	seed      int32
+	xfer, flist csum
+	seedFirst   bool // MD5 with the seed before the data (compat flag C)
+	seed        int32
 }
 
 func (s sums) seedBytes() []byte {
@@ -62,41 +131,81 @@ func (s sums) seedBytes() []byte {
 	return binary.LittleEndian.AppendUint32(nil, uint32(s.seed))
 }
 
-func (s sums) newPlain() hash.Hash {
-	if s.md4 {
-		return md4.New()
-	}
-	return md5.New()
-}
-
-// block is the strong checksum of one block.
+// block is the strong checksum of one block; its first xfer.size() bytes
+// count.
 func (s sums) block(p []byte) [16]byte {
-	h := s.newPlain()
-	seed := s.seedBytes()
-	if s.seedFirst && !s.md4 {
-		h.Write(seed)
-		h.Write(p)
-	} else {
-		h.Write(p)
-		h.Write(seed)
-	}
 	var out [16]byte
-	h.Sum(out[:0])
+	seed := uint64(int64(s.seed))
+	switch s.xfer {
+	case csumXXH64:
+		d := xxhash.NewWithSeed(seed)
+		d.Write(p)
+		binary.LittleEndian.PutUint64(out[:], d.Sum64())
+	case csumXXH3:
+		binary.LittleEndian.PutUint64(out[:], xxh3.HashSeed(p, seed))
+	case csumXXH128:
+		append128(out[:0], xxh3.Hash128Seed(p, seed))
+	case csumMD4:
+		h := md4.New()
+		h.Write(p)
+		h.Write(s.seedBytes())
+		h.Sum(out[:0])
+	default:
+		h := md5.New()
+		if s.seedFirst {
+			h.Write(s.seedBytes())
+			h.Write(p)
+		} else {
+			h.Write(p)
+			h.Write(s.seedBytes())
+		}
+		h.Sum(out[:0])
+	}
 	return out
 }
 
-// file starts the checksum that follows a file's data: MD5 of the data
-// from protocol 30 on, MD4 of the seed and the data before.
+// file starts the checksum that follows a file's data: MD4 of the seed
+// and the data before protocol 30, the unseeded sum from then on.
 func (s sums) file() hash.Hash {
-	h := s.newPlain()
-	if s.md4 {
+	h := newSum(s.xfer)
+	if s.xfer == csumMD4 {
 		h.Write(s.seedBytes())
 	}
 	return h
 }
 
 // list starts the -c checksum of a file, which has no seed.
-func (s sums) list() hash.Hash { return s.newPlain() }
+func (s sums) list() hash.Hash { return newSum(s.flist) }
+
+func newSum(k csum) hash.Hash {
+	switch k {
+	case csumMD4:
+		return md4.New()
+	case csumXXH64:
+		return xxh64Sum{xxhash.New()}
+	case csumXXH3:
+		return xxh3Sum{xxh3.New()}
+	case csumXXH128:
+		return xxh128Sum{xxh3.New128()}
+	}
+	return md5.New()
+}
+
+// The xxHash sums with rsync's little-endian Sum; the libraries' own is
+// the canonical big-endian form.
+type (
+	xxh64Sum  struct{ *xxhash.Digest }
+	xxh3Sum   struct{ *xxh3.Hasher }
+	xxh128Sum struct{ *xxh3.Hasher128 }
+)
+
+func (h xxh64Sum) Sum(b []byte) []byte  { return binary.LittleEndian.AppendUint64(b, h.Sum64()) }
+func (h xxh3Sum) Sum(b []byte) []byte   { return binary.LittleEndian.AppendUint64(b, h.Sum64()) }
+func (h xxh128Sum) Sum(b []byte) []byte { return append128(b, h.Sum128()) }
+
+func append128(b []byte, v xxh3.Uint128) []byte {
+	return binary.LittleEndian.AppendUint64(binary.LittleEndian.AppendUint64(b, v.Lo), v.Hi)
+}
 
 // sumHead is the header of a file's block checksums (io.c read_sum_head).
 type sumHead struct {
@@ -129,7 +238,7 @@ func (s *session) readSumHead() sumHead {
 		maxLen = maxBlockLenOld
 	}
 	if h.count < 0 || h.count > maxBlocks || h.blength < 0 || h.blength > maxLen ||
-		h.s2length < 0 || h.s2length > 16 || h.remainder < 0 || h.remainder > h.blength ||
+		h.s2length < 0 || int(h.s2length) > s.sums.xfer.size() || h.remainder < 0 || h.remainder > h.blength ||
 		(h.count > 0 && h.blength == 0) {
 		fatalf(2, "rsync: [silo] invalid checksum header (count=%d blength=%d s2length=%d remainder=%d)",
 			h.count, h.blength, h.s2length, h.remainder)
@@ -182,7 +291,7 @@ func (s *session) blockSizes(n int64, full bool) sumHead {
 			bl = max(bl, 700)
 		}
 	}
-	s2 := int64(16)
+	s2 := int64(s.sums.xfer.size())
 	if !full {
 		b := int64(10)
 		for l := n; l>>1 > 0; l >>= 1 {
@@ -191,7 +300,7 @@ func (s *session) blockSizes(n int64, full bool) sumHead {
 		for c := bl; c>>1 > 0 && b > 0; c >>= 1 {
 			b--
 		}
-		s2 = min(max((b+1-32+7)/8, 2), 16)
+		s2 = min(max((b+1-32+7)/8, 2), s2)
 	}
 	h := sumHead{blength: int32(bl), s2length: int32(s2)}
 	h.count = int32((n + bl - 1) / bl)

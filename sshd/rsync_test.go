@@ -239,6 +239,69 @@ func TestRsyncDelta(t *testing.T) {
 	}
 }
 
+// TestRsyncChecksums runs the delta transfer with each checksum the
+// server offers: the one a current client negotiates, and each named with
+// --checksum-choice (one name for both uses, or the transfer's and -c's).
+// A block checksum computed differently from the client's would match no
+// block, and the small change would cost the whole file.
+func TestRsyncChecksums(t *testing.T) {
+	ts := startServer(t)
+	ts.addUser("alice", "", "alice")
+	home := ts.home("alice")
+	big := randomBytes(8 << 20)
+	changed := append(append(append([]byte{}, big[:4<<20]...), []byte("inserted!")...), big[4<<20:]...)
+	copy(changed[1<<20:], "0123456789")
+	remote := "alice@127.0.0.1:"
+	for _, c := range []struct {
+		choice, said string
+	}{
+		{"", "Client negotiated checksum: xxh128"},
+		{"md5", "Client checksum: md5"},
+		{"xxh128", "Client checksum: xxh128"},
+		{"xxh3", "Client checksum: xxh3"},
+		{"xxh64", "Client checksum: xxh64"},
+		{"xxh3,md5", "Client checksum: xxh3"},
+	} {
+		t.Run("choice="+c.choice, func(t *testing.T) {
+			args := []string{"-a", "--stats", "--debug=nstr"}
+			if c.choice != "" {
+				args = append(args, "--checksum-choice="+c.choice)
+			}
+			run := func(what string, extra ...string) int64 {
+				t.Helper()
+				out, code := ts.rsyncCmd("alice", append(append([]string{}, args...), extra...)...)
+				if code != 0 || !strings.Contains(out, c.said) {
+					t.Fatalf("%s: exit %d, want 0 and %q\n%s", what, code, c.said, out)
+				}
+				return literalBytes(t, out)
+			}
+			src := filepath.Join(t.TempDir(), "src")
+			dst := "d" + strings.ReplaceAll(c.choice, ",", "-")
+			writeFile(t, filepath.Join(src, "big"), big)
+			run("first push", src+"/", remote+dst+"/")
+			writeFile(t, filepath.Join(src, "big"), changed)
+			if n := run("push of a small change", src+"/", remote+dst+"/"); n >= 64<<10 {
+				t.Errorf("push of a small change: %d literal bytes, want under 64 KiB", n)
+			}
+			sameTree(t, src, filepath.Join(home, dst))
+			// -c compares the list checksums: nothing to send.
+			if n := run("push -c", "-c", src+"/", remote+dst+"/"); n != 0 {
+				t.Errorf("push -c of an unchanged tree: %d literal bytes, want 0", n)
+			}
+
+			back := filepath.Join(t.TempDir(), "back")
+			writeFile(t, filepath.Join(back, "big"), big)
+			if n := run("pull of a small change", remote+dst+"/", back+"/"); n >= 64<<10 {
+				t.Errorf("pull of a small change: %d literal bytes, want under 64 KiB", n)
+			}
+			sameTree(t, src, back)
+			if n := run("pull -c", "-c", remote+dst+"/", back+"/"); n != 0 {
+				t.Errorf("pull -c of an unchanged tree: %d literal bytes, want 0", n)
+			}
+		})
+	}
+}
+
 func TestRsyncRefused(t *testing.T) {
 	ts := startServer(t)
 	ts.addUser("alice", "", "alice")
