@@ -7,11 +7,14 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	"io/fs"
 	"math/big"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -273,5 +276,171 @@ func TestCrashOutOfOrderThenReput(t *testing.T) {
 		t.Logf("round %d: killed after %d of %d bytes were sent, %d kept; reput made it whole", round, at.Int64(), len(data), len(got))
 		s2.cmd.Process.Signal(syscall.SIGTERM)
 		s2.cmd.Wait()
+	}
+}
+
+// stallProxy forwards one connection to addr and passes at most n bytes
+// of what the client sends: a transfer through it stops there, wherever
+// that is, however fast the machine. It returns the port to dial.
+func stallProxy(t *testing.T, addr string, n int64) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		c, err := l.Accept()
+		l.Close()
+		if err != nil {
+			return
+		}
+		s, err := net.Dial("tcp", addr)
+		if err != nil {
+			c.Close()
+			return
+		}
+		go io.CopyN(s, c, n)
+		// Until silo goes.
+		io.Copy(c, s)
+		c.Close()
+		s.Close()
+	}()
+	a := l.Addr().String()
+	return a[strings.LastIndexByte(a, ':')+1:]
+}
+
+// treeBytes is the size of the regular files under dir, hidden ones (temp
+// files, a partial directory) included.
+func treeBytes(dir string) int64 {
+	var n int64
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			if fi, err := d.Info(); err == nil {
+				n += fi.Size()
+			}
+		}
+		return nil
+	})
+	return n
+}
+
+// TestCrashRsyncPartialThenRerun kills silo with SIGKILL in the middle of
+// an rsync push with --partial, of a new file, of a file that replaces an
+// older one, and with --partial-dir: what the kill left must be the old
+// file intact or a prefix of the new one, and the same command run again
+// after a restart must finish with a byte-exact tree and nothing of silo's
+// or rsync's left over, resuming from the partial file where one was kept.
+// The push goes through a proxy that passes a random number of bytes and
+// then holds the rest, and silo is killed once half of them are on disk:
+// the kill always falls inside the file, with no clock involved, so the
+// test is quick and runs in make test.
+func TestCrashRsyncPartialThenRerun(t *testing.T) {
+	t.Parallel()
+	needClient(t, "rsync")
+	needClient(t, "ssh")
+	cfg := writeConfig(t, testConfig)
+	keyFile := addKeyUser(t, cfg, "alice")
+	home := filepath.Join(filepath.Dir(cfg), "homes", "alice")
+	src := filepath.Join(t.TempDir(), "src")
+	data := make([]byte, 32<<20)
+	rand.Read(data)
+	for name, b := range map[string][]byte{"a.txt": []byte("a\n"), "big": data, "sub/b.txt": []byte("b\n")} {
+		os.MkdirAll(filepath.Dir(filepath.Join(src, name)), 0o755)
+		if err := os.WriteFile(filepath.Join(src, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rsync := func(port, dst string, opts ...string) *exec.Cmd {
+		e := "ssh -F /dev/null -p " + port + " -i " + keyFile + " -o BatchMode=yes -o StrictHostKeyChecking=no" +
+			" -o UserKnownHostsFile=/dev/null -o IdentityAgent=none -o LogLevel=ERROR"
+		args := append([]string{"-a", "--stats", "-e", e}, opts...)
+		return exec.Command("rsync", append(args, src+"/", "alice@127.0.0.1:"+dst+"/")...)
+	}
+	for round, v := range []struct {
+		name      string
+		opts      []string
+		old       bool   // the destination holds an older big
+		partial   string // where the kill leaves the partial file
+		resumable bool
+	}{
+		{"new file", []string{"--partial"}, false, "big", true},
+		{"replacing a file", []string{"--partial"}, true, "", false},
+		{"partial-dir", []string{"--partial-dir=.rsync-partial"}, false, ".rsync-partial/big", true},
+	} {
+		dst := fmt.Sprintf("r%d", round)
+		old := make([]byte, 1<<20)
+		rand.Read(old)
+		if v.old {
+			os.MkdirAll(filepath.Join(home, dst), 0o755)
+			if err := os.WriteFile(filepath.Join(home, dst, "big"), old, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		base := treeBytes(filepath.Join(home, dst))
+		s := startSilo(t, cfg)
+		pass, _ := rand.Int(rand.Reader, big.NewInt(24<<20))
+		n := 4<<20 + pass.Int64()
+		push := rsync(stallProxy(t, s.addr, n), dst, v.opts...)
+		var pushOut bytes.Buffer
+		push.Stdout, push.Stderr = &pushOut, &pushOut
+		if err := push.Start(); err != nil {
+			t.Fatal(err)
+		}
+		pushed := make(chan error, 1)
+		go func() { pushed <- push.Wait() }()
+		for deadline := time.Now().Add(2 * time.Minute); treeBytes(filepath.Join(home, dst)) < base+n/2; {
+			select {
+			case err := <-pushed:
+				t.Fatalf("%s: the push ended (%v) before the kill:\n%s", v.name, err, pushOut.String())
+			case <-time.After(time.Millisecond):
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %d of the %d bytes let through are not on disk after 2 minutes", v.name, treeBytes(filepath.Join(home, dst))-base, n)
+			}
+		}
+		s.cmd.Process.Signal(syscall.SIGKILL)
+		s.wait()
+		<-pushed
+
+		var kept int
+		if v.old {
+			if got, _ := os.ReadFile(filepath.Join(home, dst, "big")); !bytes.Equal(got, old) {
+				t.Fatalf("%s: the file being replaced changed (%d bytes)", v.name, len(got))
+			}
+		} else {
+			got, err := os.ReadFile(filepath.Join(home, dst, v.partial))
+			if err != nil || !bytes.Equal(got, data[:len(got)]) {
+				t.Fatalf("%s: the partial file is not a prefix of the data (%d bytes, %v)", v.name, len(got), err)
+			}
+			kept = len(got)
+		}
+
+		s2 := startSilo(t, cfg)
+		again := rsync(s2.addr[strings.LastIndexByte(s2.addr, ':')+1:], dst, v.opts...)
+		out, err := again.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: the push run again: %v\n%s", v.name, err, out)
+		}
+		if d, err := exec.Command("diff", "-r", src, filepath.Join(home, dst)).CombinedOutput(); err != nil {
+			t.Fatalf("%s: after the second push the trees differ: %v\n%s", v.name, err, d)
+		}
+		sfi, _ := os.Stat(filepath.Join(src, "big"))
+		dfi, _ := os.Stat(filepath.Join(home, dst, "big"))
+		if !sfi.ModTime().Equal(dfi.ModTime()) {
+			t.Errorf("%s: big's mtime %v, want %v", v.name, dfi.ModTime(), sfi.ModTime())
+		}
+		m := regexp.MustCompile(`Literal data: ([0-9,]+) bytes`).FindSubmatch(out)
+		if m == nil {
+			t.Fatalf("%s: no literal data figure in:\n%s", v.name, out)
+		}
+		literal, _ := strconv.ParseInt(strings.ReplaceAll(string(m[1]), ",", ""), 10, 64)
+		if v.resumable && literal > int64(len(data)-kept/2) {
+			t.Errorf("%s: the second push sent %d literal bytes with %d kept, want it to resume", v.name, literal, kept)
+		}
+		t.Logf("%s: killed with %d bytes let through, %d of the new file kept; the second push sent %d literal bytes",
+			v.name, n, kept, literal)
+		s2.cmd.Process.Signal(syscall.SIGTERM)
+		s2.wait()
 	}
 }
