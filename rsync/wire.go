@@ -302,17 +302,29 @@ func (c *conn) ndx() int32 {
 	return num
 }
 
-// Output. Data accumulates in wbuf and goes out as MSG_DATA frames when it
-// fills, when a message is sent, or on flush.
-
-const wbufSize = 32 << 10
+// Output. Data accumulates in wbuf, after room for a frame header, and
+// goes out as one MSG_DATA frame when it fills, when a message is sent, or
+// on flush: one write on the SSH channel per frame, not a 4-byte one for
+// the header and another for the data, and the header and the data that
+// fill the buffer are exactly four SSH packets of OpenSSH's 32 KiB.
+const (
+	wbufSize = 128 << 10 // the header included
+	hdrRoom  = 4
+)
 
 func (c *conn) write(p []byte) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	c.wbuf = append(c.wbuf, p...)
-	if len(c.wbuf) >= wbufSize {
-		c.flushLocked()
+	if c.wbuf == nil {
+		c.wbuf = make([]byte, hdrRoom, wbufSize)
+	}
+	for len(p) > 0 {
+		n := copy(c.wbuf[len(c.wbuf):cap(c.wbuf)], p)
+		c.wbuf = c.wbuf[:len(c.wbuf)+n]
+		p = p[n:]
+		if len(c.wbuf) == cap(c.wbuf) {
+			c.flushLocked()
+		}
 	}
 }
 
@@ -323,23 +335,20 @@ func (c *conn) flush() {
 }
 
 func (c *conn) flushLocked() {
-	for len(c.wbuf) > 0 {
-		n := min(len(c.wbuf), maxFrame)
-		if c.muxOut {
-			c.emit(msgData, c.wbuf[:n])
-		} else {
-			c.emitRaw(c.wbuf[:n])
-		}
-		c.wbuf = c.wbuf[n:]
+	if len(c.wbuf) <= hdrRoom {
+		return
 	}
-	c.wbuf = c.wbuf[:0]
+	if c.muxOut {
+		putHeader(c.wbuf, msgData, len(c.wbuf)-hdrRoom)
+		c.emitRaw(c.wbuf)
+	} else {
+		c.emitRaw(c.wbuf[hdrRoom:])
+	}
+	c.wbuf = c.wbuf[:hdrRoom]
 }
 
-func (c *conn) emit(tag int, p []byte) {
-	var h [4]byte
-	binary.LittleEndian.PutUint32(h[:], uint32(mplexBase+tag)<<24|uint32(len(p)))
-	c.emitRaw(h[:])
-	c.emitRaw(p)
+func putHeader(b []byte, tag, n int) {
+	binary.LittleEndian.PutUint32(b, uint32(mplexBase+tag)<<24|uint32(n))
 }
 
 func (c *conn) emitRaw(p []byte) {
@@ -370,11 +379,15 @@ func (c *conn) msg(tag int, p []byte) {
 	if !c.muxOut {
 		return
 	}
-	for len(p) > maxFrame {
-		c.emit(tag, p[:maxFrame])
-		p = p[maxFrame:]
+	for {
+		n := min(len(p), maxFrame)
+		b := make([]byte, hdrRoom, hdrRoom+n)
+		putHeader(b, tag, n)
+		c.emitRaw(append(b, p[:n]...))
+		if p = p[n:]; len(p) == 0 {
+			return
+		}
 	}
-	c.emit(tag, p)
 }
 
 func (c *conn) writeByte(b byte) { c.write([]byte{b}) }
