@@ -304,6 +304,7 @@ func (s *session) handshake() error {
 			return csumNames[n]
 		}
 		s.sums.xfer, s.sums.flist = pick(s.o.xferSum), pick(s.o.listSum)
+		s.sums.namedMD5 = s.o.xferSum == "md5"
 	}
 	if s.o.compress {
 		s.compress = compressZlib
@@ -324,6 +325,7 @@ func (s *session) handshake() error {
 				return fmt.Errorf("failed to negotiate a checksum choice: the client offers %q, the server %q", list, offeredList())
 			}
 			s.sums.xfer, s.sums.flist = k, k
+			s.sums.namedMD5 = k == csumMD5
 		}
 		if negotiateZ {
 			list := s.rawVstring()

@@ -121,7 +121,12 @@ func negotiate(list string) (csum, bool) {
 type sums struct {
 	xfer, flist csum
 	seedFirst   bool // MD5 with the seed before the data (compat flag C)
-	seed        int32
+	// namedMD5: MD5 was negotiated or named with --checksum-choice, not
+	// implied. rsync built with OpenSSL (as distributions build it)
+	// then hashes a block through OpenSSL, which puts the seed first
+	// whatever the compat flags say (checksum.c get_checksum2).
+	namedMD5 bool
+	seed     int32
 }
 
 func (s sums) seedBytes() []byte {
@@ -152,7 +157,7 @@ func (s sums) block(p []byte) [16]byte {
 		h.Sum(out[:0])
 	default:
 		h := md5.New()
-		if s.seedFirst {
+		if s.seedFirst || s.namedMD5 {
 			h.Write(s.seedBytes())
 			h.Write(p)
 		} else {

@@ -253,19 +253,26 @@ func TestRsyncChecksums(t *testing.T) {
 	copy(changed[1<<20:], "0123456789")
 	remote := "alice@127.0.0.1:"
 	for _, c := range []struct {
-		choice, said string
+		choice, proto, said string
 	}{
-		{"", "Client negotiated checksum: xxh128"},
-		{"md5", "Client checksum: md5"},
-		{"xxh128", "Client checksum: xxh128"},
-		{"xxh3", "Client checksum: xxh3"},
-		{"xxh64", "Client checksum: xxh64"},
-		{"xxh3,md5", "Client checksum: xxh3"},
+		{"", "", "Client negotiated checksum: xxh128"},
+		{"md5", "", "Client checksum: md5"},
+		{"xxh128", "", "Client checksum: xxh128"},
+		{"xxh3", "", "Client checksum: xxh3"},
+		{"xxh64", "", "Client checksum: xxh64"},
+		{"xxh3,md5", "", "Client checksum: xxh3"},
+		// Before 30 nothing is negotiated, but a choice still holds.
+		{"", "29", "Client checksum: md4"},
+		{"xxh128", "29", "Client checksum: xxh128"},
+		{"md5", "29", "Client checksum: md5"},
 	} {
-		t.Run("choice="+c.choice, func(t *testing.T) {
+		t.Run("choice="+c.choice+"/"+c.proto, func(t *testing.T) {
 			args := []string{"-a", "--stats", "--debug=nstr"}
 			if c.choice != "" {
 				args = append(args, "--checksum-choice="+c.choice)
+			}
+			if c.proto != "" {
+				args = append(args, "--protocol="+c.proto)
 			}
 			run := func(what string, extra ...string) int64 {
 				t.Helper()
@@ -276,7 +283,7 @@ func TestRsyncChecksums(t *testing.T) {
 				return literalBytes(t, out)
 			}
 			src := filepath.Join(t.TempDir(), "src")
-			dst := "d" + strings.ReplaceAll(c.choice, ",", "-")
+			dst := "d" + strings.ReplaceAll(c.choice, ",", "-") + c.proto
 			writeFile(t, filepath.Join(src, "big"), big)
 			run("first push", src+"/", remote+dst+"/")
 			writeFile(t, filepath.Join(src, "big"), changed)
