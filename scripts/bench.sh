@@ -119,14 +119,18 @@ if [[ ${RSYNC_RUN:-1} != 0 ]]; then
         ms rsync -a -e "$(rsh "$p")" "$dest:rs/" "$work/rsync-back/" ;;
     esac
   }
-  printf '%-16s %10s %10s %12s\n' workload silo_ms openssh_ms speed_ratio
+  # The ratio of the medians, and the lowest and highest ratio of one
+  # round's pair: how noisy the machine was.
+  printf '%-16s %10s %10s %12s %14s\n' workload silo_ms openssh_ms speed_ratio round_ratios
   for w in push_1GiB pull_1GiB push_2000x4KiB pull_2000x4KiB; do
-    s=() o=()
+    s=() o=() r=()
     for ((i = 0; i < ${ROUNDS:-5}; i++)); do
       if ((i % 2)); then o+=("$(run openssh $w)"); s+=("$(run silo $w)")
       else s+=("$(run silo $w)"); o+=("$(run openssh $w)"); fi
+      r+=("$(awk -v s="${s[i]}" -v o="${o[i]}" 'BEGIN{printf "%.2f", o / s}')")
     done
     sm=$(median "${s[@]}") om=$(median "${o[@]}")
-    printf '%-16s %10d %10d %12.2f\n' "$w" "$sm" "$om" "$(awk -v s="$sm" -v o="$om" 'BEGIN{print o / s}')"
+    lo=$(printf '%s\n' "${r[@]}" | sort -n | head -1) hi=$(printf '%s\n' "${r[@]}" | sort -n | tail -1)
+    printf '%-16s %10d %10d %12.2f %14s\n' "$w" "$sm" "$om" "$(awk -v s="$sm" -v o="$om" 'BEGIN{print o / s}')" "$lo-$hi"
   done
 fi
