@@ -81,7 +81,11 @@ func create(path string, gen func() (crypto.Signer, error)) (ssh.Signer, error) 
 	if err != nil {
 		return nil, err
 	}
-	if err := atomicfile.Write(path, pem.EncodeToMemory(block), 0o600); err != nil {
+	// Servers sharing the directory may start at once: one key wins, and
+	// every server serves it.
+	if err := atomicfile.Create(path, pem.EncodeToMemory(block), 0o600); errors.Is(err, os.ErrExist) {
+		return load(path)
+	} else if err != nil {
 		return nil, err
 	}
 	s, err := ssh.NewSignerFromSigner(key)

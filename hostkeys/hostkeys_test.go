@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"golang.org/x/crypto/ssh"
@@ -68,5 +69,29 @@ func TestUnusableDirectoryFails(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "ssh_host_ed25519_key"), []byte("garbage"), 0o600)
 	if _, err := LoadOrCreate(dir); err == nil || !strings.Contains(err.Error(), "ssh_host_ed25519_key") {
 		t.Fatalf("a corrupt key file: %v, want an error naming it", err)
+	}
+}
+
+// Servers that share a host key directory and start at once all serve the
+// same keys: one creation wins, the others load it.
+func TestConcurrentCreateAgrees(t *testing.T) {
+	dir := t.TempDir()
+	const n = 4
+	got := make([][]ssh.Signer, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { got[i], errs[i] = LoadOrCreate(dir) })
+	}
+	wg.Wait()
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatalf("server %d: %v", i, errs[i])
+		}
+		for k := range got[i] {
+			if a, b := ssh.FingerprintSHA256(got[i][k].PublicKey()), ssh.FingerprintSHA256(got[0][k].PublicKey()); a != b {
+				t.Errorf("server %d key %d: %s, server 0: %s", i, k, a, b)
+			}
+		}
 	}
 }

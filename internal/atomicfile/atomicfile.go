@@ -10,6 +10,18 @@ import (
 // Write writes data to a temporary file beside path with mode perm, syncs it
 // and renames it over path.
 func Write(path string, data []byte, perm os.FileMode) error {
+	return write(path, data, perm, os.Rename)
+}
+
+// Create is Write for a path that must not exist yet: of several processes
+// creating it at once (servers sharing a directory), one wins and the
+// others fail with fs.ErrExist, leaving the winner's content. link(2) is
+// atomic on NFS too, which O_EXCL was not before NFSv3.
+func Create(path string, data []byte, perm os.FileMode) error {
+	return write(path, data, perm, os.Link)
+}
+
+func write(path string, data []byte, perm os.FileMode, place func(tmp, path string) error) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
 	if err != nil {
 		return err
@@ -30,7 +42,7 @@ func Write(path string, data []byte, perm os.FileMode) error {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
+	if err := place(tmp.Name(), path); err != nil {
 		return err
 	}
 	// The rename is durable only once the directory entry is.
