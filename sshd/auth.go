@@ -164,7 +164,8 @@ func (a *connAuth) verifiedKey(c gossh.ConnMetadata, key gossh.PublicKey, p *gos
 // worth a line.
 func (a *connAuth) logAttempt(c gossh.ConnMetadata, method string, err error) {
 	attrs := []any{"remote", c.RemoteAddr().String(), "user", c.User(), "method", method}
-	if err != nil && method != "none" && !errors.Is(err, errTooManyConns) && !errors.Is(err, io.EOF) {
+	if err != nil && method != "none" && !errors.Is(err, errTooManyConns) && !errors.Is(err, io.EOF) &&
+		!errors.Is(err, ErrUnavailable) {
 		stateOf(c).failedAttempt(err)
 	}
 	a.s.reportAttempt(c, method, err)

@@ -23,6 +23,7 @@ import (
 type homes struct {
 	root      string // the default homes' directory
 	fsync     bool
+	ledger    func(user string) vfs.Ledger // nil: usage is this server's alone
 	idleClose time.Duration
 	// Test hooks: opening is called before a home is opened (and walked),
 	// closed after one is closed for being idle; clock is what rate limits
@@ -52,8 +53,8 @@ type openHome struct {
 
 type fileKey struct{ dev, ino uint64 }
 
-func newHomes(root string, fsync bool, idleClose time.Duration) *homes {
-	return &homes{root: root, fsync: fsync, idleClose: idleClose, byDir: make(map[string]*openHome)}
+func newHomes(root string, fsync bool, idleClose time.Duration, ledger func(string) vfs.Ledger) *homes {
+	return &homes{root: root, fsync: fsync, idleClose: idleClose, ledger: ledger, byDir: make(map[string]*openHome)}
 }
 
 // errHomeTaken: a home is, or is inside, or holds, another user's home.
@@ -91,8 +92,11 @@ func (h *homes) acquire(u users.User) (*vfs.FS, func(), error) {
 		if h.opening != nil {
 			h.opening(dir)
 		}
-		oh.fs, oh.err = vfs.Open(dir, vfs.Options{Limits: limitsOf(u), Fsync: h.fsync,
-			Rules: u.Rules(), Rates: u.Rates(), Clock: h.clock})
+		opt := vfs.Options{Limits: limitsOf(u), Fsync: h.fsync, Rules: u.Rules(), Rates: u.Rates(), Clock: h.clock}
+		if h.ledger != nil {
+			opt.Ledger = h.ledger(u.Name)
+		}
+		oh.fs, oh.err = vfs.Open(dir, opt)
 		close(oh.ready)
 		h.mu.Lock()
 		if oh.err != nil {

@@ -33,6 +33,11 @@ import (
 	"silo/vfs"
 )
 
+// ErrUnavailable, wrapped by a UserDB's error, refuses a login because the
+// account store cannot answer now: the client is not at fault, and its
+// source earns no penalty.
+var ErrUnavailable = errors.New("account store unavailable")
+
 // UserDB is what the server needs from the account store.
 type UserDB interface {
 	Lookup(name string) (users.User, bool)
@@ -46,6 +51,9 @@ type Config struct {
 	Users       UserDB
 	Homes       string // directory of the default homes, homes/NAME
 	Fsync       bool   // make written files durable at close (see vfs.Options)
+	// Ledger, if set, returns the shared usage ledger of a user's home,
+	// for servers that share the homes (see vfs.Ledger).
+	Ledger func(user string) vfs.Ledger
 	// HomeIdleClose is how long a home nobody uses stays open; 0 means
 	// defaultHomeIdleClose.
 	HomeIdleClose time.Duration
@@ -116,7 +124,7 @@ func New(cfg Config) (*Server, error) {
 		cfg:   cfg,
 		log:   cfg.Logger,
 		mon:   cfg.Monitor,
-		homes: newHomes(cfg.Homes, cfg.Fsync, cmp.Or(cfg.HomeIdleClose, defaultHomeIdleClose)),
+		homes: newHomes(cfg.Homes, cfg.Fsync, cmp.Or(cfg.HomeIdleClose, defaultHomeIdleClose), cfg.Ledger),
 		all:   make(map[*connState]struct{}),
 		conns: make(map[string]map[*connState]struct{}),
 

@@ -23,10 +23,29 @@ var (
 	ErrUnknownKey  = errors.New("key not authorized")
 )
 
-// Store is a running server's read view of the users file. It is safe for
+// Backend is where the accounts are kept: the users file (FileBackend), or
+// a database shared by several servers. Load reads every account; Update
+// applies fn to all of them as one locked read-modify-write, keeping
+// nothing if fn or the validation of its result fails.
+type Backend interface {
+	Load() (*File, error)
+	Update(fn func(*File) error) error
+}
+
+// FileBackend is the users file at path, through Load and Update.
+type FileBackend string
+
+// Load reads the users file.
+func (p FileBackend) Load() (*File, error) { return Load(string(p)) }
+
+// Update edits the users file under its lock.
+func (p FileBackend) Update(fn func(*File) error) error { return Update(string(p), fn) }
+
+// Store is a running server's read view of the accounts. It is safe for
 // concurrent use; Reload swaps the whole view at once.
 type Store struct {
-	path  string
+	src   Backend
+	path  string // the users file, for Watch; empty for another backend
 	homes string // the server's homes directory, for CheckHomes
 	log   *slog.Logger
 
@@ -49,7 +68,17 @@ type stamp struct {
 // OpenStore loads the users file at path, for a server whose default homes
 // are in homes. A missing file is an empty store.
 func OpenStore(path, homes string, log *slog.Logger) (*Store, error) {
-	s := &Store{path: path, homes: homes, log: log}
+	s := &Store{src: FileBackend(path), path: path, homes: homes, log: log}
+	if _, err := s.Reload(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// NewStore loads the accounts from b, for a server whose default homes are
+// in homes. Whoever learns that b changed calls Reload.
+func NewStore(b Backend, homes string, log *slog.Logger) (*Store, error) {
+	s := &Store{src: b, homes: homes, log: log}
 	if _, err := s.Reload(); err != nil {
 		return nil, err
 	}
@@ -65,16 +94,22 @@ func statStamp(path string) stamp {
 	return stamp{ino: st.Ino, size: uint64(st.Size), mtime: st.Mtim.Nano(), ctim: st.Ctim.Nano()}
 }
 
-// Reload re-reads the file. On error the previous view stays in force. It
-// returns the names of users that existed before and do not any more.
+// Reload re-reads the accounts. On error the previous view stays in force.
+// It returns the names of users that existed before and do not any more.
 func (s *Store) Reload() (removed []string, err error) {
-	st := statStamp(s.path)
-	f, err := Load(s.path)
+	var st stamp
+	if s.path != "" {
+		st = statStamp(s.path)
+	}
+	f, err := s.src.Load()
 	if err != nil {
 		return nil, err
 	}
 	if err := f.CheckHomes(s.homes); err != nil {
-		return nil, fmt.Errorf("%s: %w", s.path, err)
+		if s.path != "" {
+			return nil, fmt.Errorf("%s: %w", s.path, err)
+		}
+		return nil, err
 	}
 	byName := make(map[string]*entry, len(f.Users))
 	for _, u := range f.Users {
@@ -97,10 +132,13 @@ func (s *Store) Reload() (removed []string, err error) {
 	return removed, nil
 }
 
-// Watch reloads the file whenever it changes on disk, checking every
-// interval, until ctx ends. After each reload attempt it calls onReload with
+// Watch reloads the users file whenever it changes on disk, checking every
+// interval, until ctx ends; for a store of another backend it does nothing. After each reload attempt it calls onReload with
 // the removed users or the error.
 func (s *Store) Watch(ctx context.Context, interval time.Duration, onReload func(removed []string, err error)) {
+	if s.path == "" {
+		return
+	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -173,7 +211,7 @@ func (s *Store) CheckPassword(name, password string) (User, error) {
 func (s *Store) rehash(name, old, password string) {
 	h, err := HashPassword(password)
 	if err == nil {
-		err = Update(s.path, func(f *File) error {
+		err = s.src.Update(func(f *File) error {
 			// Leave the record alone if it changed since this login read it.
 			if i := f.Find(name); i >= 0 && f.Users[i].Password == old {
 				f.Users[i].Password = h

@@ -517,6 +517,7 @@ func (w *writer) close() error {
 	defer func() {
 		w.fs.mu.Lock()
 		delete(w.fs.writers, w.id)
+		w.fs.armReturnLocked()
 		w.fs.mu.Unlock()
 	}()
 	broken := w.aborted || w.err != nil

@@ -63,6 +63,9 @@ func (e *QuotaError) Is(target error) bool {
 
 // reserve adds bytes and files to the usage if the limits allow it.
 func (f *FS) reserve(bytes, files int64) error {
+	if f.ledger != nil {
+		return f.reserveLeased(bytes, files)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.overLocked(bytes, files); err != nil {
@@ -78,8 +81,7 @@ func (f *FS) reserve(bytes, files int64) error {
 func (f *FS) adjust(bytes, files int64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.used.Bytes = max(0, f.used.Bytes+bytes)
-	f.used.Files = max(0, f.used.Files+files)
+	f.addLocked(bytes, files)
 }
 
 // Room reports, with the QuotaError a write would get, that the quota has
@@ -141,9 +143,35 @@ func (f *FS) Rescan() error {
 	for _, w := range writers {
 		u.Bytes += w.accounted()
 	}
+	if f.ledger != nil {
+		return f.recount(u)
+	}
 	f.mu.Lock()
 	f.used = u
 	f.mu.Unlock()
+	return nil
+}
+
+// recount is the end of Rescan with a ledger: the walk replaces the
+// committed usage, and what this FS changed since it last settled is in
+// the walk already.
+func (f *FS) recount(u Usage) error {
+	f.leaseMu.Lock()
+	defer f.leaseMu.Unlock()
+	f.mu.Lock()
+	f.settling = true
+	f.mu.Unlock()
+	err := f.ledger.Recount(u)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.settling = false
+	if err != nil {
+		f.lease = f.delta // as in settleLocked: no room left without asking
+		return err
+	}
+	// The lease is what delta had left of it: room still held.
+	f.lease = Usage{max(0, f.lease.Bytes-f.delta.Bytes), max(0, f.lease.Files-f.delta.Files)}
+	f.delta, f.used = Usage{}, u
 	return nil
 }
 

@@ -43,10 +43,23 @@ type FS struct {
 	clock               Clock
 	readRate, writeRate throttle // rate.go
 
+	// leaseMu serialises the calls to ledger (ledger.go); it is taken
+	// before mu, never after.
+	ledger  Ledger
+	leaseMu sync.Mutex
+
 	mu      sync.Mutex // guards what follows; taken after a writer's mu, never before
 	limits  Limits
 	used    Usage
 	writers map[fileID]*writer
+	// With a ledger: what this FS leased, what it changed since it last
+	// settled (never above lease while it grows), whether a Settle is
+	// under way, the timer that gives the lease back, and whether the FS
+	// is closing.
+	lease, delta Usage
+	settling     bool
+	returner     *time.Timer
+	closing      bool
 }
 
 // Options are the settings of a home.
@@ -61,11 +74,16 @@ type Options struct {
 	// what they wait on, the system's when nil.
 	Rates Rates
 	Clock Clock
+
+	// Ledger shares the usage with the other servers of the home; nil:
+	// this server is the only one. With a ledger, Open leaves temp files
+	// and marks alone: another server may be writing them.
+	Ledger Ledger
 }
 
 // Open opens the home at dir, creating it (mode 0700) if it does not exist,
 // and computes its usage from disk. Temp files that a crash left behind are
-// removed; the files they were to replace are intact.
+// removed (without a ledger); the files they were to replace are intact.
 func Open(dir string, opt Options) (*FS, error) {
 	if err := os.MkdirAll(dir, homeMode); err != nil {
 		return nil, err
@@ -74,26 +92,45 @@ func Open(dir string, opt Options) (*FS, error) {
 	if err != nil {
 		return nil, err
 	}
-	cuts, marks, err := readMarks(root)
+	used, err := openUsage(root, opt.Ledger)
 	if err != nil {
 		root.Close()
 		return nil, err
 	}
-	used, err := scan(root, true, nil, cuts)
-	if err != nil {
-		root.Close()
-		return nil, err
-	}
-	for _, m := range marks {
-		root.Remove(m)
-	}
-	f := &FS{root: root, fsync: opt.Fsync, limits: opt.Limits, used: used, writers: make(map[fileID]*writer), clock: opt.Clock}
+	f := &FS{root: root, fsync: opt.Fsync, limits: opt.Limits, used: used, writers: make(map[fileID]*writer), clock: opt.Clock,
+		ledger: opt.Ledger}
 	if f.clock == nil {
 		f.clock = systemClock{}
 	}
 	f.SetRules(opt.Rules)
 	f.SetRates(opt.Rates)
 	return f, nil
+}
+
+// openUsage counts a home being opened. Alone, it removes the temp files a
+// crash left and cuts files back to their marks; with a ledger it leaves
+// them, since another server may be writing them, and the ledger says what
+// the home holds.
+func openUsage(root *os.Root, ledger Ledger) (Usage, error) {
+	if ledger != nil {
+		used, err := scan(root, false, nil, nil)
+		if err != nil {
+			return used, err
+		}
+		return ledger.Open(used)
+	}
+	cuts, marks, err := readMarks(root)
+	if err != nil {
+		return Usage{}, err
+	}
+	used, err := scan(root, true, nil, cuts)
+	if err != nil {
+		return used, err
+	}
+	for _, m := range marks {
+		root.Remove(m)
+	}
+	return used, nil
 }
 
 // rel maps a virtual path for an operation: names of silo's temp files are
@@ -119,7 +156,10 @@ func (f *FS) relFor(op, name string, need Perm, follow bool) (string, error) {
 }
 
 // Close releases the home. Files already open stay usable.
-func (f *FS) Close() error { return f.root.Close() }
+func (f *FS) Close() error {
+	f.closeLedger()
+	return f.root.Close()
+}
 
 // Stat follows symbolic links (inside the home only).
 func (f *FS) Stat(name string) (fs.FileInfo, error) {
@@ -213,11 +253,9 @@ func (f *FS) busyLocked(st *unix.Stat_t) bool {
 func (f *FS) forgetLocked(st *unix.Stat_t) {
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFREG:
-		f.used.Bytes = max(0, f.used.Bytes-st.Size)
-		f.used.Files = max(0, f.used.Files-1)
+		f.addLocked(-st.Size, -1)
 	case unix.S_IFLNK, unix.S_IFDIR:
-		f.used.Bytes = max(0, f.used.Bytes-EntryBytes)
-		f.used.Files = max(0, f.used.Files-1)
+		f.addLocked(-EntryBytes, -1)
 	}
 }
 

@@ -164,14 +164,14 @@ func readImport(authKeys, shadow string, names []string, stdin io.Reader) ([]byt
 // which is created if it does not exist (with no password). From a shadow
 // file: every account with a password hash silo verifies (or only the
 // named ones) is added; one that exists already is an error.
-func importUsers(cfg Config, keysFile bool, data []byte, names []string, stdout io.Writer) error {
+func importUsers(cfg Config, store users.Backend, keysFile bool, data []byte, names []string, stdout io.Writer) error {
 	if keysFile {
 		keys, err := users.ParseAuthorizedKeys(data)
 		if err != nil {
 			return err
 		}
 		name, added, created := names[0], 0, false
-		err = users.Update(cfg.Users, func(f *users.File) error {
+		err = store.Update(func(f *users.File) error {
 			i := f.Find(name)
 			if i < 0 {
 				f.Users = append(f.Users, users.User{Name: name})
@@ -226,7 +226,7 @@ func importUsers(cfg Config, keysFile bool, data []byte, names []string, stdout 
 	if len(picked) == 0 {
 		return errors.New("no account with a password hash in the file")
 	}
-	if err := users.Update(cfg.Users, func(f *users.File) error {
+	if err := store.Update(func(f *users.File) error {
 		for _, e := range picked {
 			if f.Find(e.Name) >= 0 {
 				return fmt.Errorf("user %s already exists; nothing imported", e.Name)

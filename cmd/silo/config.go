@@ -35,7 +35,24 @@ type Config struct {
 	Limits        sshd.Limits    `toml:"limits"`
 	Penalties     sshd.Penalties `toml:"penalties"`
 	Hooks         []hooks.Config `toml:"hooks"`
+	Store         Store          `toml:"store"`
 }
+
+// Store is the [store] table: where the accounts and the usage are kept.
+type Store struct {
+	// Kind is "file" (the users file, one server) or "postgres" (several
+	// servers share one database and one homes directory).
+	Kind string `toml:"kind"`
+	// DSN is a PostgreSQL connection string (a URL or key=value pairs);
+	// SILO_STORE_DSN, or libpq's PG* variables, keep it out of the file.
+	DSN string `toml:"dsn"`
+	// NodeTimeout is how long a server may go without a heartbeat before
+	// the others take back its leases and recount the homes it had open.
+	NodeTimeout time.Duration `toml:"node_timeout"`
+}
+
+// postgres reports whether the accounts are in PostgreSQL.
+func (s Store) postgres() bool { return s.Kind == "postgres" }
 
 func defaultConfig() Config {
 	return Config{
@@ -50,6 +67,7 @@ func defaultConfig() Config {
 		MetricsUsers:  true,
 		Limits:        sshd.DefaultLimits(),
 		Penalties:     sshd.DefaultPenalties(),
+		Store:         Store{Kind: "file", NodeTimeout: 10 * time.Second},
 	}
 }
 
@@ -142,6 +160,15 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
+	switch c.Store.Kind {
+	case "file":
+		if c.Store.DSN != "" {
+			fail("store.dsn: set, but store.kind is \"file\"; set kind = \"postgres\" to use it")
+		}
+	case "postgres":
+	default:
+		fail("store.kind: %q is neither \"file\" nor \"postgres\"", c.Store.Kind)
+	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		fail("log_format: %q is neither \"text\" nor \"json\"", c.LogFormat)
 	}
@@ -183,6 +210,7 @@ func (c *Config) Validate() error {
 		{"penalties.grace_exceeded", p.GraceExceeded, false},
 		{"penalties.min", p.Min, false},
 		{"penalties.max", p.Max, false},
+		{"store.node_timeout", c.Store.NodeTimeout, true},
 	} {
 		if d.v < 0 || d.v > 0 && d.v < time.Millisecond || d.positive && d.v == 0 {
 			fail("%s: %v is not a duration such as \"30s\" or \"15m\" (0 turns it off where allowed)", d.key, d.v)

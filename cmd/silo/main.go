@@ -34,6 +34,7 @@ const usage = `usage:
   silo user key list NAME
   silo user import --authorized-keys FILE NAME
   silo user import --shadow FILE [NAME...]
+  silo user import --users USERS_FILE
   silo user passwd NAME [--password-stdin]
   silo user del NAME
   silo user list
@@ -41,6 +42,7 @@ const usage = `usage:
   silo user rescan NAME
   silo status [--json | --watch]
   silo kick USER|SESSION
+  silo cluster
   silo version
 POLICY is any of: --quota SIZE, --max-files N, --home DIR, --disable or
 --enable, --expires DATE|never, --perm PATH=PERMS (PERMS a comma list of
@@ -99,6 +101,8 @@ func dispatch(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return statusCmd(args[1:], stdin, stdout)
 	case "kick":
 		return kickCmd(args[1:], stdout)
+	case "cluster":
+		return clusterCmd(args[1:], stdout)
 	case "help", "-h", "--help":
 		return flag.ErrHelp
 	}

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/term"
 
+	"silo/cluster"
 	"silo/hostkeys"
 	"silo/sshd"
 	"silo/users"
@@ -52,8 +53,24 @@ func serve(args []string, stderr io.Writer) error {
 	}
 	log := slog.New(handler)
 
-	store, err := users.OpenStore(cfg.Users, cfg.Homes, log)
-	if err != nil {
+	var (
+		store *users.Store
+		db    *cluster.DB
+	)
+	if cfg.Store.postgres() {
+		octx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		backend, d, err := openAccounts(octx, cfg, log)
+		cancel()
+		if err != nil {
+			return err
+		}
+		db = d
+		// Closed last, after the homes have given their leases back.
+		defer db.Close()
+		if store, err = users.NewStore(backend, cfg.Homes, log); err != nil {
+			return fmt.Errorf("accounts: %w", err)
+		}
+	} else if store, err = users.OpenStore(cfg.Users, cfg.Homes, log); err != nil {
 		return fmt.Errorf("users: %w", err)
 	}
 	if store.Len() == 0 {
@@ -74,13 +91,29 @@ func serve(args []string, stderr io.Writer) error {
 		return err
 	}
 	defer obs.close()
-	srv, err := sshd.New(sshd.Config{HostSigners: signers, Users: store, Homes: cfg.Homes, Fsync: cfg.Fsync,
-		Limits: cfg.Limits, Penalties: cfg.Penalties, Logger: log, Monitor: obs.mon})
+	scfg := sshd.Config{HostSigners: signers, Users: store, Homes: cfg.Homes, Fsync: cfg.Fsync,
+		Limits: cfg.Limits, Penalties: cfg.Penalties, Logger: log, Monitor: obs.mon}
+	if db != nil {
+		scfg.Users, scfg.Ledger = clusterUsers{store, db}, db.Ledger
+	}
+	srv, err := sshd.New(scfg)
 	if err != nil {
 		return err
 	}
 	if err := obs.start(cfg, srv); err != nil {
 		return err
+	}
+	reloaded := func(removed []string, err error) {
+		if err != nil {
+			what := "users file"
+			if db != nil {
+				what = "accounts"
+			}
+			log.Error(what+" not reloaded; the previous version stays in force", "err", err)
+			return
+		}
+		log.Info("users reloaded", "users", store.Len())
+		srv.Reloaded(removed)
 	}
 	// Signals are caught before "listening on" is logged: whoever waits
 	// for that line may signal at once.
@@ -100,19 +133,29 @@ func serve(args []string, stderr io.Writer) error {
 	for _, ln := range lns {
 		log.Info("listening on "+ln.Addr().String(), "addr", ln.Addr().String(), "socket", from, "version", versionString(), "pid", os.Getpid())
 	}
+	if db != nil {
+		if err := db.Join(lns[0].Addr().String(), versionString()); err != nil {
+			return fmt.Errorf("store: joining the cluster: %w", err)
+		}
+		// The membership outlives the watchers: the sessions that drain
+		// after SIGTERM still settle their quota, and it ends after them.
+		mctx, stopMember := context.WithCancel(context.Background())
+		member := make(chan struct{})
+		defer func() { stopMember(); <-member }()
+		go func() {
+			defer close(member)
+			db.Run(mctx, cfg.Store.NodeTimeout, cluster.Hooks{
+				Accounts: func() { reloaded(store.Reload()) },
+				Recount:  recountHome(store, cfg.Homes),
+			})
+		}()
+		log.Info("joined the cluster", "node", db.Node())
+	}
 	if f, ok := stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		// Someone trying silo out reads this; a log collector never sees it.
 		fmt.Fprintf(stderr, "log in with: %s\n", sftpCommand(lns[0].Addr()))
 	}
 
-	reloaded := func(removed []string, err error) {
-		if err != nil {
-			log.Error("users file not reloaded; the previous version stays in force", "err", err)
-			return
-		}
-		log.Info("users reloaded", "users", store.Len())
-		srv.Reloaded(removed)
-	}
 	// The watchers end with ctx; serve returns only after they have.
 	var watchers sync.WaitGroup
 	defer watchers.Wait()

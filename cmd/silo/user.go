@@ -44,6 +44,7 @@ func userCmd(sub string, args []string, stdin io.Reader, stdout, stderr io.Write
 		acct     *accountFlags
 		authKeys *string
 		shadow   *string
+		fromFile *string
 	)
 	nargs, more := 1, false // positional arguments: nargs, or more with more
 	switch sub {
@@ -61,6 +62,7 @@ func userCmd(sub string, args []string, stdin io.Reader, stdout, stderr io.Write
 	case "import":
 		authKeys = fs.String("authorized-keys", "", "an OpenSSH authorized_keys file: its keys for NAME")
 		shadow = fs.String("shadow", "", "an /etc/shadow-style file of NAME:HASH lines")
+		fromFile = fs.String("users", "", "a silo users file: all its accounts (one server's users.toml, into PostgreSQL)")
 		nargs, more = 0, true
 	case "list":
 		nargs = 0
@@ -79,6 +81,16 @@ func userCmd(sub string, args []string, stdin io.Reader, stdout, stderr io.Write
 		return fmt.Errorf("%w: user %s takes %s argument(s), got %d", errUsage, sub, want, len(pos))
 	}
 	var importData []byte
+	if sub == "import" && *fromFile != "" {
+		if *authKeys != "" || *shadow != "" || len(pos) > 0 {
+			return fmt.Errorf("%w: user import --users FILE takes every account of FILE, and nothing else", errUsage)
+		}
+		cfg, err := loadConfig(*configPath)
+		if err != nil {
+			return err
+		}
+		return importUsersFile(cfg, *fromFile, stdout)
+	}
 	if sub == "import" {
 		if importData, err = readImport(*authKeys, *shadow, pos, stdin); err != nil {
 			return err
@@ -107,9 +119,16 @@ func userCmd(sub string, args []string, stdin io.Reader, stdout, stderr io.Write
 	if err != nil {
 		return err
 	}
-	if err := becomeOwner(filepath.Dir(cfg.Users)); err != nil {
+	if !cfg.Store.postgres() {
+		if err := becomeOwner(filepath.Dir(cfg.Users)); err != nil {
+			return err
+		}
+	}
+	store, closeStore, err := cliAccounts(cfg)
+	if err != nil {
 		return err
 	}
+	defer closeStore()
 	var name string
 	if len(pos) > 0 {
 		name = pos[0]
@@ -128,7 +147,7 @@ func userCmd(sub string, args []string, stdin io.Reader, stdout, stderr io.Write
 	}
 	// edit changes the named user's record under the users file's lock.
 	edit := func(fn func(u *users.User) error) error {
-		return users.Update(cfg.Users, func(f *users.File) error {
+		return store.Update(func(f *users.File) error {
 			i := f.Find(name)
 			if i < 0 {
 				return fmt.Errorf("no user %s", name)
@@ -160,7 +179,7 @@ func userCmd(sub string, args []string, stdin io.Reader, stdout, stderr io.Write
 		if u.Password == "" && len(u.Keys) == 0 {
 			return errors.New("a user needs a password (typed on a terminal, or --password-stdin) or --key to log in")
 		}
-		if err := users.Update(cfg.Users, func(f *users.File) error {
+		if err := store.Update(func(f *users.File) error {
 			if f.Find(name) >= 0 {
 				return fmt.Errorf("user %s already exists", name)
 			}
@@ -213,7 +232,7 @@ func userCmd(sub string, args []string, stdin io.Reader, stdout, stderr io.Write
 		}
 		fmt.Fprintf(stdout, "removed %d key(s) from %s, %d left\n", len(keyLines), name, left)
 	case "key list":
-		u, err := loadUser(cfg.Users, name)
+		u, err := loadUser(store, name)
 		if err != nil {
 			return err
 		}
@@ -221,7 +240,7 @@ func userCmd(sub string, args []string, stdin io.Reader, stdout, stderr io.Write
 			fmt.Fprintln(stdout, keyText(line))
 		}
 	case "import":
-		return importUsers(cfg, *authKeys != "", importData, pos, stdout)
+		return importUsers(cfg, store, *authKeys != "", importData, pos, stdout)
 	case "passwd":
 		var h string
 		switch {
@@ -240,7 +259,7 @@ func userCmd(sub string, args []string, stdin io.Reader, stdout, stderr io.Write
 		}
 		fmt.Fprintf(stdout, "password of %s changed\n", name)
 	case "del":
-		if err := users.Update(cfg.Users, func(f *users.File) error {
+		if err := store.Update(func(f *users.File) error {
 			i := f.Find(name)
 			if i < 0 {
 				return fmt.Errorf("no user %s", name)
@@ -252,7 +271,7 @@ func userCmd(sub string, args []string, stdin io.Reader, stdout, stderr io.Write
 		}
 		fmt.Fprintf(stdout, "deleted user %s (the home directory is kept)\n", name)
 	case "list":
-		f, err := users.Load(cfg.Users)
+		f, err := store.Load()
 		if err != nil {
 			return err
 		}
@@ -268,14 +287,14 @@ func userCmd(sub string, args []string, stdin io.Reader, stdout, stderr io.Write
 		if err := edit(func(u *users.User) error { u.Rescan++; return nil }); err != nil {
 			return err
 		}
-		u, err := loadUser(cfg.Users, name)
+		u, err := loadUser(store, name)
 		if err != nil {
 			return err
 		}
 		used := homeUsage(u.HomeDir(cfg.Homes))
 		fmt.Fprintf(stdout, "%s uses %s in %s files; a running server recounts within a second\n", name, used.bytes, used.files)
 	case "show":
-		u, err := loadUser(cfg.Users, name)
+		u, err := loadUser(store, name)
 		if err != nil {
 			return err
 		}
@@ -284,8 +303,8 @@ func userCmd(sub string, args []string, stdin io.Reader, stdout, stderr io.Write
 	return nil
 }
 
-func loadUser(path, name string) (users.User, error) {
-	f, err := users.Load(path)
+func loadUser(store users.Backend, name string) (users.User, error) {
+	f, err := store.Load()
 	if err != nil {
 		return users.User{}, err
 	}
