@@ -453,3 +453,56 @@ func readFile(sc *sftp.Client, name string) ([]byte, error) {
 	_, err = b.ReadFrom(f)
 	return b.Bytes(), err
 }
+
+// `silo user import` moves a users file's accounts into PostgreSQL, all or
+// none; `silo cluster` lists the nodes that are up.
+func TestClusterImportAndList(t *testing.T) {
+	t.Parallel()
+	c := startCluster(t, 2)
+	single := writeConfig(t, testConfig)
+	addKeyUser(t, single, "bob")
+	if _, stderr, code := silo(t, "pw\n", "user", "add", "carol", "--password-stdin", "--quota", "1GiB", "--config", single); code != 0 {
+		t.Fatalf("user add carol: %s", stderr)
+	}
+	usersFile := filepath.Join(filepath.Dir(single), "users.toml")
+	c.changed(t, func() {
+		if out, stderr, code := silo(t, "", "user", "import", usersFile, "--config", c.cfg); code != 0 ||
+			!strings.Contains(out, "imported 2 users") {
+			t.Fatalf("user import: %d %q %q", code, out, stderr)
+		}
+	})
+	out, _, _ := silo(t, "", "user", "list", "--config", c.cfg)
+	if !regexp.MustCompile(`(?m)^bob\s+1 key\(s\)`).MatchString(out) || !regexp.MustCompile(`(?m)^carol\s+password\s+0 B\s+1 GiB`).MatchString(out) {
+		t.Fatalf("user list after import:\n%s", out)
+	}
+	// Again: both exist, nothing changes.
+	if _, stderr, code := silo(t, "", "user", "import", usersFile, "--config", c.cfg); code != 1 ||
+		!strings.Contains(stderr, "nothing imported") || !strings.Contains(stderr, "user bob exists already") {
+		t.Fatalf("second import: %d %q", code, stderr)
+	}
+	// The imported password works on a node.
+	cl, err := dialSilo(c.nodes[1].addr, "carol", ssh.InsecureIgnoreHostKey(), ssh.Password("pw"))
+	if err != nil {
+		t.Fatalf("carol after import: %v", err)
+	}
+	cl.Close()
+
+	out, stderr, code := silo(t, "", "cluster", "--config", c.cfg)
+	if code != 0 {
+		t.Fatalf("silo cluster: %s", stderr)
+	}
+	for i, s := range c.nodes {
+		if !regexp.MustCompile(`(?m)^` + c.ids[i] + `\s+` + regexp.QuoteMeta(s.addr) + `\s`).MatchString(out) {
+			t.Errorf("silo cluster does not list node %d (%s at %s):\n%s", i, c.ids[i], s.addr, out)
+		}
+	}
+	// A node stopped cleanly leaves the list at once.
+	c.nodes[0].cmd.Process.Signal(syscall.SIGTERM)
+	if err := c.nodes[0].wait(); err != nil {
+		t.Fatalf("node 0 after SIGTERM: %v", err)
+	}
+	out, _, _ = silo(t, "", "cluster", "--config", c.cfg)
+	if strings.Contains(out, c.ids[0]) || !strings.Contains(out, c.ids[1]) {
+		t.Fatalf("after node 0 stopped, silo cluster lists:\n%s", out)
+	}
+}
