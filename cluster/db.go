@@ -35,6 +35,8 @@ type DB struct {
 	log  *slog.Logger
 	node string // this process's member id: random, new at each Join
 
+	penalties chan string // queued for sendPenalties
+
 	up        atomic.Bool // the last heartbeat and the notification connection worked
 	listening atomic.Bool // the notification connection is up
 	// beatingSince is when the heartbeats last started to succeed, after
@@ -58,7 +60,7 @@ func Open(ctx context.Context, dsn string, log *slog.Logger) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
-	d := &DB{pool: pool, log: log}
+	d := &DB{pool: pool, log: log, penalties: make(chan string, 256)}
 	mctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	if err := d.migrate(mctx); err != nil {

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"os"
 	"time"
 
@@ -58,6 +59,8 @@ type Hooks struct {
 	// Recount walks the home of account, when a member that stopped
 	// answering held it; ok is false if the account no longer exists.
 	Recount func(account string) (u vfs.Usage, ok bool, err error)
+	// Penalty adds a penalty another member's source earned there.
+	Penalty func(a netip.Addr, d time.Duration)
 	// Down and Up are called when the database stops and starts
 	// answering.
 	Down func(err error)
@@ -74,6 +77,12 @@ func (d *DB) Run(ctx context.Context, timeout time.Duration, h Hooks) {
 		defer close(done)
 		d.listen(ctx, h)
 	}()
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		d.sendPenalties(ctx)
+	}()
+	defer func() { <-sent }()
 	beat := max(timeout/4, 10*time.Millisecond)
 	t := time.NewTicker(beat)
 	defer t.Stop()
@@ -143,7 +152,7 @@ func (d *DB) listenOnce(ctx context.Context, h Hooks, first bool) error {
 		return err
 	}
 	defer c.Close(context.Background())
-	if _, err := c.Exec(ctx, "LISTEN "+accountsChannel); err != nil {
+	if _, err := c.Exec(ctx, "LISTEN "+accountsChannel+"; LISTEN "+penaltiesChannel); err != nil {
 		return err
 	}
 	d.listening.Store(true)
@@ -156,10 +165,21 @@ func (d *DB) listenOnce(ctx context.Context, h Hooks, first bool) error {
 	}
 	d.setUp(h)
 	for {
-		if _, err := c.WaitForNotification(ctx); err != nil {
+		n, err := c.WaitForNotification(ctx)
+		if err != nil {
 			return err
 		}
-		h.Accounts()
+		if n.Channel != penaltiesChannel {
+			h.Accounts()
+			continue
+		}
+		node, a, dur, err := parsePenalty(n.Payload)
+		switch {
+		case err != nil:
+			d.log.Warn("ignored a penalty notification", "err", err)
+		case node != d.node && h.Penalty != nil:
+			h.Penalty(a, dur)
+		}
 	}
 }
 

@@ -7,6 +7,10 @@
 # the other checksum commands) against GNU coreutils on the same 1 GiB file.
 # Then, unless ORDER_RUN=0, the cost of a full out-of-order budget; and, unless
 # RSYNC_RUN=0, rsync over ssh against OpenSSH running the rsync binary.
+# Then, unless STORE_RUN=0, silo with the PostgreSQL store against silo with
+# users.toml (a throw-away PostgreSQL of Debian's package), and three nodes
+# with one client each against one node with three clients. OPENSSH_RUN=0
+# skips the first table.
 #   Env: ROUNDS (default 5), ONLY (workload regex), SHARED (default ../shared),
 #        SILO_BENCH_PORT (default 2023); anything compare.sh takes.
 # Needs root (the reference sshd) and a built ./silo.
@@ -51,8 +55,10 @@ compare() {
 
 echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores, silo $("$root/silo" version | cut -d' ' -f2), $(ssh -V 2>&1 | cut -d, -f1)" >&2
 start_silo false
-echo "## fsync = false (default)"
-compare
+if [[ ${OPENSSH_RUN:-1} != 0 ]]; then
+  echo "## fsync = false (default)"
+  compare
+fi
 if [[ ${FSYNC_RUN:-1} != 0 ]]; then
   start_silo true
   echo "## fsync = true (put workloads)"
@@ -133,4 +139,70 @@ if [[ ${RSYNC_RUN:-1} != 0 ]]; then
     lo=$(printf '%s\n' "${r[@]}" | sort -n | head -1) hi=$(printf '%s\n' "${r[@]}" | sort -n | tail -1)
     printf '%-16s %10d %10d %12.2f %14s\n' "$w" "$sm" "$om" "$(awk -v s="$sm" -v o="$om" 'BEGIN{print o / s}')" "$lo-$hi"
   done
+fi
+
+if [[ ${STORE_RUN:-1} != 0 ]]; then
+  # A throw-away PostgreSQL, as nobody (it refuses root), on a Unix socket.
+  pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  pgdir=$(mktemp -d /tmp/silo-bench-pg.XXXXXX)
+  chown nobody "$pgdir"
+  pg() { runuser -u nobody -- "$pgbin/$1" "${@:2}"; }
+  pg initdb -D "$pgdir/data" -U postgres -A trust --no-sync >/dev/null
+  pg pg_ctl -D "$pgdir/data" -l "$pgdir/log" -w start \
+    -o "-c listen_addresses='' -c unix_socket_directories=$pgdir" >/dev/null
+  nodes=()
+  stop_store() {
+    for p in "${nodes[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
+    pg pg_ctl -D "$pgdir/data" -m immediate -w stop >/dev/null || true
+    rm -rf "$pgdir"
+  }
+  trap 'stop_store; cleanup' EXIT
+  node() { # node N: a PostgreSQL-store silo on port+1+N, homes shared
+    cat >"$work/pg$1.toml" <<CONF
+listen = "127.0.0.1:$((port + 1 + $1))"
+homes = "pghomes"
+host_keys = "hostkeys"
+users = "unused.toml"
+[store]
+kind = "postgres"
+dsn = "host=$pgdir user=postgres dbname=postgres"
+CONF
+    [[ $1 == 0 ]] && "$root/silo" user add bench --key "$key.pub" --config "$work/pg0.toml" >/dev/null
+    "$root/silo" serve --config "$work/pg$1.toml" 2>"$work/pg$1.log" &
+    nodes+=($!)
+    for _ in $(seq 100); do grep -q "listening for account changes" "$work/pg$1.log" && break; sleep 0.1; done
+  }
+  node 0
+  start_silo false
+  echo "## PostgreSQL store against users.toml: one node each"
+  "$shared/bench/compare.sh" \
+    "postgres=127.0.0.1:$((port + 1)):bench:$key:/" \
+    "usersfile=127.0.0.1:$port:bench:$key:/" |
+    { [[ -n ${STORE_ONLY:-} ]] && grep -E "workload|$STORE_ONLY" || cat; }
+  node 1
+  node 2
+  echo "## 3 x 256 MiB put at once: three nodes, one client each, against one node with three clients"
+  src=/dev/shm/silo-bench-256
+  head -c $((256 << 20)) /dev/urandom >"$src"
+  put3() { # put3 PORT PORT PORT -> milliseconds for all three
+    local s e i=0
+    s=$(date +%s%N)
+    for p in "$@"; do
+      echo "put $src p$((i++))" | sftp -q -b - -P "$p" -i "$key" -c aes128-gcm@openssh.com -o BatchMode=yes \
+        -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR bench@127.0.0.1 >/dev/null &
+    done
+    wait
+    e=$(date +%s%N)
+    echo $(((e - s) / 1000000))
+  }
+  median() { printf '%s\n' "$@" | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+  t3=() t1=()
+  for ((i = 0; i < ${ROUNDS:-5}; i++)); do
+    t3+=("$(put3 $((port + 1)) $((port + 2)) $((port + 3)))")
+    t1+=("$(put3 $((port + 1)) $((port + 1)) $((port + 1)))")
+  done
+  a=$(median "${t3[@]}") b=$(median "${t1[@]}")
+  printf '%-24s %10s %10s %8s\n' workload 3nodes_ms 1node_ms ratio
+  printf '%-24s %10d %10d %8.2f\n' put_3x256MiB "$a" "$b" "$(awk -v a="$a" -v b="$b" 'BEGIN{print b / a}')"
+  rm -f "$src"
 fi

@@ -264,13 +264,13 @@ func (st *connState) account() {
 	pen := s.gate.penaltiesNow()
 	switch {
 	case graceExceeded:
-		s.gate.penalise(st.addr, pen.GraceExceeded)
+		s.penalise(st.addr, pen.GraceExceeded)
 	case invalidUser:
-		s.gate.penalise(st.addr, pen.InvalidUser)
+		s.penalise(st.addr, pen.InvalidUser)
 	case attempted:
-		s.gate.penalise(st.addr, pen.AuthFail)
+		s.penalise(st.addr, pen.AuthFail)
 	default:
-		s.gate.penalise(st.addr, pen.NoAuth)
+		s.penalise(st.addr, pen.NoAuth)
 	}
 }
 

@@ -59,7 +59,10 @@ type Config struct {
 	HomeIdleClose time.Duration
 	Limits        Limits
 	Penalties     Penalties
-	Logger        *slog.Logger
+	// Penalised, if set, is told of every penalty a source earns here,
+	// for servers that share penalties (see Server.Penalise).
+	Penalised func(a netip.Addr, d time.Duration)
+	Logger    *slog.Logger
 	// Monitor receives every connection, transfer and change (package
 	// activity); New subscribes the audit log, written to Logger, to it.
 	// nil: a monitor of the server's own.
@@ -318,6 +321,25 @@ func (s *Server) SetLimits(l Limits, p Penalties) {
 }
 
 func (s *Server) closeHomes() { s.homes.closeAll() }
+
+// penalise adds d to the penalty of a's source, and tells the servers it
+// shares penalties with.
+func (s *Server) penalise(a netip.Addr, d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	s.gate.penalise(a, d)
+	if s.cfg.Penalised != nil {
+		s.cfg.Penalised(a, d)
+	}
+}
+
+// Penalise adds d to the penalty of a's source, as another server that
+// shares penalties with this one reports it: an attacker spread across
+// servers by a balancer adds up on each. Exempt sources stay exempt.
+func (s *Server) Penalise(a netip.Addr, d time.Duration) {
+	s.gate.penalise(a, min(d, time.Hour))
+}
 
 func limitsOf(u users.User) vfs.Limits {
 	return vfs.Limits{Bytes: int64(u.Quota), Files: u.MaxFiles}

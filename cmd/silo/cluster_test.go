@@ -40,31 +40,41 @@ type testCluster struct {
 
 var joinedRE = regexp.MustCompile(`joined the cluster.*node=([0-9a-f]+)`)
 
+// exemptLoopback is the [penalties] of most cluster tests: they retry
+// logins while a change spreads.
+const exemptLoopback = `[penalties]
+exempt = ["127.0.0.1/32"]`
+
 // clusterConfig is a node's config, with the DSN if dsn is not empty.
-func clusterConfig(t *testing.T, homes, keys, dsn string) string {
+func clusterConfig(t *testing.T, homes, keys, dsn, penalties string) string {
 	return writeConfig(t, fmt.Sprintf(`listen = "127.0.0.1:0"
 homes = %q
 host_keys = %q
 users = "users.toml"
 
-[penalties]
-exempt = ["127.0.0.1/32"]
+%s
 
 [store]
 kind = "postgres"
 node_timeout = "2s"
 dsn = %q
-`, homes, keys, dsn))
+`, homes, keys, penalties, dsn))
 }
 
 func startCluster(t *testing.T, n int) *testCluster {
+	t.Helper()
+	return startClusterWith(t, n, exemptLoopback)
+}
+
+// startClusterWith starts n nodes with a [penalties] table of the caller's.
+func startClusterWith(t *testing.T, n int, penalties string) *testCluster {
 	t.Helper()
 	pg := pgtest.Start(t)
 	dir := t.TempDir()
 	c := &testCluster{pg: pg, homes: filepath.Join(dir, "homes")}
 	keys := filepath.Join(dir, "hostkeys")
-	c.cfg = clusterConfig(t, c.homes, keys, pg.DSN())
-	c.node = clusterConfig(t, c.homes, keys, "")
+	c.cfg = clusterConfig(t, c.homes, keys, pg.DSN(), penalties)
+	c.node = clusterConfig(t, c.homes, keys, "", penalties)
 	for range n {
 		c.start(t)
 	}
@@ -504,5 +514,30 @@ func TestClusterImportAndList(t *testing.T) {
 	out, _, _ = silo(t, "", "cluster", "--config", c.cfg)
 	if strings.Contains(out, c.ids[0]) || !strings.Contains(out, c.ids[1]) {
 		t.Fatalf("after node 0 stopped, silo cluster lists:\n%s", out)
+	}
+}
+
+// Failed logins on one node block the source on the others too.
+func TestClusterPenaltiesShared(t *testing.T) {
+	t.Parallel()
+	c := startClusterWith(t, 2, `[penalties]
+authfail = "10s"
+min = "15s"
+max = "10m"`)
+	key := c.addUser(t, "alice")
+	_, wrong, _ := ed25519.GenerateKey(rand.Reader)
+	signer, _ := ssh.NewSignerFromKey(wrong)
+	for i := range 2 {
+		if cl, err := dialSilo(c.nodes[0].addr, "alice", ssh.InsecureIgnoreHostKey(), ssh.PublicKeys(signer)); err == nil {
+			cl.Close()
+			t.Fatalf("attempt %d: a wrong key logged in", i)
+		}
+		c.nodes[0].log.waitCount(t, "login failed", i+1)
+	}
+	c.nodes[0].log.waitCount(t, "source blocked", 1)
+	c.nodes[1].log.waitCount(t, "source blocked", 1)
+	if cl, err := clusterDial(t, c.nodes[1], "alice", key); err == nil {
+		cl.Close()
+		t.Fatal("node 1 let a source blocked on node 0 log in")
 	}
 }

@@ -94,7 +94,7 @@ func serve(args []string, stderr io.Writer) error {
 	scfg := sshd.Config{HostSigners: signers, Users: store, Homes: cfg.Homes, Fsync: cfg.Fsync,
 		Limits: cfg.Limits, Penalties: cfg.Penalties, Logger: log, Monitor: obs.mon}
 	if db != nil {
-		scfg.Users, scfg.Ledger = clusterUsers{store, db}, db.Ledger
+		scfg.Users, scfg.Ledger, scfg.Penalised = clusterUsers{store, db}, db.Ledger, db.SharePenalty
 	}
 	srv, err := sshd.New(scfg)
 	if err != nil {
@@ -147,6 +147,7 @@ func serve(args []string, stderr io.Writer) error {
 			db.Run(mctx, cfg.Store.NodeTimeout, cluster.Hooks{
 				Accounts: func() { reloaded(store.Reload()) },
 				Recount:  recountHome(store, cfg.Homes),
+				Penalty:  srv.Penalise,
 			})
 		}()
 		log.Info("joined the cluster", "node", db.Node())
