@@ -157,9 +157,9 @@ if [[ ${STORE_RUN:-1} != 0 ]]; then
     rm -rf "$pgdir"
   }
   trap 'stop_store; cleanup' EXIT
-  node() { # node N: a PostgreSQL-store silo on port+1+N, homes shared
+  node() { # node N: a PostgreSQL-store silo on port+10+N, homes shared
     cat >"$work/pg$1.toml" <<CONF
-listen = "127.0.0.1:$((port + 1 + $1))"
+listen = "127.0.0.1:$((port + 10 + $1))"
 homes = "pghomes"
 host_keys = "hostkeys"
 users = "unused.toml"
@@ -176,7 +176,7 @@ CONF
   start_silo false
   echo "## PostgreSQL store against users.toml: one node each"
   "$shared/bench/compare.sh" \
-    "postgres=127.0.0.1:$((port + 1)):bench:$key:/" \
+    "postgres=127.0.0.1:$((port + 10)):bench:$key:/" \
     "usersfile=127.0.0.1:$port:bench:$key:/" |
     { [[ -n ${STORE_ONLY:-} ]] && grep -E "workload|$STORE_ONLY" || cat; }
   node 1
@@ -188,7 +188,8 @@ CONF
     local s e i=0
     s=$(date +%s%N)
     for p in "$@"; do
-      echo "put $src p$((i++))" | sftp -q -b - -P "$p" -i "$key" -c aes128-gcm@openssh.com -o BatchMode=yes \
+      i=$((i + 1))
+      echo "put $src p$i" | sftp -q -b - -P "$p" -i "$key" -c aes128-gcm@openssh.com -o BatchMode=yes \
         -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR bench@127.0.0.1 >/dev/null &
     done
     wait
@@ -198,8 +199,8 @@ CONF
   median() { printf '%s\n' "$@" | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
   t3=() t1=()
   for ((i = 0; i < ${ROUNDS:-5}; i++)); do
-    t3+=("$(put3 $((port + 1)) $((port + 2)) $((port + 3)))")
-    t1+=("$(put3 $((port + 1)) $((port + 1)) $((port + 1)))")
+    t3+=("$(put3 $((port + 10)) $((port + 11)) $((port + 12)))")
+    t1+=("$(put3 $((port + 10)) $((port + 10)) $((port + 10)))")
   done
   a=$(median "${t3[@]}") b=$(median "${t1[@]}")
   printf '%-24s %10s %10s %8s\n' workload 3nodes_ms 1node_ms ratio
