@@ -162,7 +162,12 @@ func (f *FS) register(osf *os.File, name string) (*File, error) {
 // that an overwrite through a symbolic link replaces the link's target, not
 // the link, and only once the upload is complete.
 func (f *FS) openOverwrite(r, name string, orig *os.File, access int) (*File, error) {
-	defer orig.Close()
+	kept := false // orig stays open as the writer's lock (lockOf)
+	defer func() {
+		if !kept {
+			orig.Close()
+		}
+	}()
 	fi, err := orig.Stat()
 	if err != nil {
 		return nil, err
@@ -203,10 +208,14 @@ func (f *FS) openOverwrite(r, name string, orig *os.File, access int) (*File, er
 		return nil, syscall.EEXIST
 	}
 	w := &writer{fs: f, f: tmp, id: idOf(fi), credit: fi.Size(), dir: dir, temp: tname, base: base}
+	if f.ledger != nil {
+		w.held = orig
+	}
 	if err := f.addWriter(w); err != nil {
 		w.discard()
 		return nil, err
 	}
+	kept = w.held != nil
 	return f.newFile(tmp, name, w), nil
 }
 
@@ -223,8 +232,42 @@ func (f *FS) addWriter(w *writer) error {
 			return syscall.ENOENT
 		}
 	}
+	if f.ledger != nil {
+		// Other servers of the home see the writer by its lock (see
+		// lockedElsewhere): in place the file itself, for an overwrite
+		// the file it replaces.
+		lf := w.f
+		if w.held != nil {
+			lf = w.held
+		}
+		if err := unix.Flock(int(lf.Fd()), unix.LOCK_EX|unix.LOCK_NB); err == unix.EWOULDBLOCK {
+			return ErrBusy
+		} else if err != nil {
+			return err
+		}
+	}
 	f.writers[w.id] = w
 	return nil
+}
+
+// lockedElsewhere reports whether the regular file base in dirfd, found as
+// st, is being written by another server of the home (its writer's flock).
+// When it is not, the shared lock taken to tell stays until release, so
+// that no other server can start writing the file while the caller removes
+// or replaces it. Without a ledger the home is this server's alone.
+func (f *FS) lockedElsewhere(dirfd int, base string, st *unix.Stat_t) (release func(), busy bool) {
+	if f.ledger == nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return func() {}, false
+	}
+	fd, err := unix.Openat(dirfd, base, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return func() {}, false // gone, or not ours to open: the operation says
+	}
+	if err := unix.Flock(fd, unix.LOCK_SH|unix.LOCK_NB); err == unix.EWOULDBLOCK {
+		unix.Close(fd)
+		return nil, true
+	}
+	return func() { unix.Close(fd) }, false
 }
 
 // writerOf returns the writer of the file at r (following links), if any.
@@ -348,6 +391,9 @@ type writer struct {
 	dir        *os.File
 	temp, base string
 	credit     int64 // the replaced file's size, which counts already
+	// held is the replaced file, kept open for its lock while other
+	// servers share the home (addWriter).
+	held *os.File
 
 	mu      sync.Mutex
 	size    int64  // apparent size, as accounted
@@ -519,6 +565,9 @@ func (w *writer) close() error {
 		delete(w.fs.writers, w.id)
 		w.fs.armReturnLocked()
 		w.fs.mu.Unlock()
+		if w.held != nil {
+			w.held.Close()
+		}
 	}()
 	broken := w.aborted || w.err != nil
 	if !broken {

@@ -235,6 +235,11 @@ func (f *FS) Remove(name string) error {
 	if f.busyLocked(&st) {
 		return wrap("remove", name, ErrBusy)
 	}
+	release, busy := f.lockedElsewhere(int(d.Fd()), base, &st)
+	if busy {
+		return wrap("remove", name, ErrBusy)
+	}
+	defer release()
 	if err := unix.Unlinkat(int(d.Fd()), base, 0); err != nil {
 		return wrap("remove", name, err)
 	}
@@ -329,9 +334,21 @@ func (f *FS) rename(oldname, newname string, flags uint) error {
 	if f.busyLocked(&ost) {
 		return wrap("rename", oldname, ErrBusy)
 	}
+	release, busy := f.lockedElsewhere(int(od.Fd()), obase, &ost)
+	if busy {
+		return wrap("rename", oldname, ErrBusy)
+	}
+	defer release()
 	replaced := unix.Fstatat(int(nd.Fd()), nbase, &nst, unix.AT_SYMLINK_NOFOLLOW) == nil
 	if replaced && f.busyLocked(&nst) {
 		return wrap("rename", newname, ErrBusy)
+	}
+	if replaced {
+		release, busy := f.lockedElsewhere(int(nd.Fd()), nbase, &nst)
+		if busy {
+			return wrap("rename", newname, ErrBusy)
+		}
+		defer release()
 	}
 	err = unix.Renameat2(int(od.Fd()), obase, int(nd.Fd()), nbase, flags)
 	if err == unix.EINVAL && flags&unix.RENAME_NOREPLACE != 0 {

@@ -541,3 +541,63 @@ max = "10m"`)
 		t.Fatal("node 1 let a source blocked on node 0 log in")
 	}
 }
+
+// A file being written through one node cannot be written, removed or
+// renamed through another until its writer closes.
+func TestClusterOneWriterPerFile(t *testing.T) {
+	t.Parallel()
+	c := startCluster(t, 2)
+	key := c.addUser(t, "alice")
+	var sc [2]*sftp.Client
+	for i := range sc {
+		cl, err := clusterDial(t, c.nodes[i], "alice", key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cl.Close()
+		if sc[i], err = sftp.NewClient(cl); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := writeFile(sc[0], "old", []byte("old content")); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		open func() (*sftp.File, error)
+	}{
+		{"in place", func() (*sftp.File, error) { return sc[0].OpenFile("new", os.O_WRONLY|os.O_CREATE) }},
+		{"overwrite", func() (*sftp.File, error) { return sc[0].OpenFile("old", os.O_WRONLY|os.O_TRUNC) }},
+	} {
+		w, err := tc.open()
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if _, err := w.Write([]byte("being written")); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		target := "new"
+		if tc.name == "overwrite" {
+			target = "old"
+		}
+		if f, err := sc[1].OpenFile(target, os.O_WRONLY); err == nil {
+			f.Close()
+			t.Errorf("%s: a second writer opened %s through node 1", tc.name, target)
+		}
+		if err := sc[1].Remove(target); err == nil {
+			t.Errorf("%s: node 1 removed %s while node 0 wrote it", tc.name, target)
+		}
+		if err := sc[1].PosixRename(target, "moved"); err == nil {
+			t.Errorf("%s: node 1 renamed %s while node 0 wrote it", tc.name, target)
+		}
+		if err := w.Close(); err != nil {
+			t.Fatalf("%s: close: %v", tc.name, err)
+		}
+		if got, err := readFile(sc[1], target); err != nil || string(got) != "being written" {
+			t.Fatalf("%s: through node 1 after close: %q, %v", tc.name, got, err)
+		}
+		if err := sc[1].PosixRename(target, "moved"); err != nil {
+			t.Fatalf("%s: rename once closed: %v", tc.name, err)
+		}
+	}
+}
