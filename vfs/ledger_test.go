@@ -1,0 +1,129 @@
+package vfs
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+)
+
+// sharedLedger is the ledger of one home as a database would keep it, in
+// memory: the committed usage and each member's lease. The tests check the
+// FS's side of the contract against it.
+type sharedLedger struct {
+	mu        sync.Mutex
+	committed Usage
+	leases    map[int]Usage
+	maxSeen   int64 // the most committed + leases ever held, in bytes
+}
+
+type memberLedger struct {
+	s  *sharedLedger
+	id int
+}
+
+func (m memberLedger) Open(found Usage) (Usage, error) {
+	m.s.mu.Lock()
+	defer m.s.mu.Unlock()
+	if len(m.s.leases) == 0 && m.s.committed == (Usage{}) {
+		m.s.committed = found
+	}
+	return m.s.committed, nil
+}
+
+func (m memberLedger) Settle(l Limits, delta, need, extra Usage) (Usage, Usage, error) {
+	s := m.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.committed.Bytes += delta.Bytes
+	s.committed.Files += delta.Files
+	var others int64
+	for id, u := range s.leases {
+		if id != m.id {
+			others += u.Bytes
+		}
+	}
+	room := l.Bytes - s.committed.Bytes - others
+	if l.Bytes > 0 && need.Bytes > room {
+		delete(s.leases, m.id)
+		return Usage{}, s.committed, &QuotaError{Left: max(0, room), Limit: l.Bytes}
+	}
+	lease := Usage{need.Bytes + min(extra.Bytes, max(0, room-need.Bytes)/4), need.Files + extra.Files}
+	s.leases[m.id] = lease
+	s.maxSeen = max(s.maxSeen, s.committed.Bytes+others+lease.Bytes)
+	return lease, s.committed, nil
+}
+
+func (m memberLedger) Recount(found Usage) error {
+	m.s.mu.Lock()
+	defer m.s.mu.Unlock()
+	m.s.committed = found
+	return nil
+}
+
+func (m memberLedger) Close() {
+	m.s.mu.Lock()
+	defer m.s.mu.Unlock()
+	delete(m.s.leases, m.id)
+}
+
+// Two servers' FS on one home write at once through one ledger until
+// refused: the ledger never holds more than the quota, the files stay
+// within it, and once the writers close every lease is given back and the
+// committed usage is what the files hold.
+func TestLedgerSharedQuota(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "home")
+	const quota = 8 << 20
+	s := &sharedLedger{leases: make(map[int]Usage)}
+	var fss []*FS
+	for id := range 2 {
+		f, err := Open(dir, Options{Limits: Limits{Bytes: quota}, Ledger: memberLedger{s, id}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		fss = append(fss, f)
+	}
+	buf := make([]byte, 32<<10)
+	errs := make([]error, 4)
+	var wg sync.WaitGroup
+	for w := range errs {
+		wg.Go(func() {
+			f, err := fss[w%2].OpenFile(fmt.Sprintf("/f%d", w), os.O_WRONLY|os.O_CREATE)
+			if err != nil {
+				errs[w] = err
+				return
+			}
+			for off := int64(0); ; off += int64(len(buf)) {
+				if _, err = f.WriteAt(buf, off); err != nil {
+					break
+				}
+			}
+			f.Close()
+			errs[w] = err
+		})
+	}
+	wg.Wait()
+	for w, err := range errs {
+		if !errors.Is(err, ErrQuotaExceeded) {
+			t.Errorf("writer %d ended with %v, want quota exceeded", w, err)
+		}
+	}
+	if s.maxSeen > quota {
+		t.Fatalf("the ledger held %d bytes committed and leased, over the quota of %d", s.maxSeen, quota)
+	}
+	for _, f := range fss {
+		f.Close()
+	}
+	found, err := Scan(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if found.Bytes > quota || found.Bytes <= quota-4*int64(len(buf)) {
+		t.Fatalf("the files hold %d bytes against a quota of %d", found.Bytes, quota)
+	}
+	if len(s.leases) != 0 || s.committed != found {
+		t.Fatalf("after close: committed %+v, leases %v; the files hold %+v", s.committed, s.leases, found)
+	}
+}
