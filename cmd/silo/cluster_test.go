@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -98,17 +97,8 @@ func (c *testCluster) start(t *testing.T) *server {
 // (--quota), and returns the key's file.
 func (c *testCluster) addUser(t *testing.T, name string, extra ...string) string {
 	t.Helper()
-	_, priv, _ := ed25519.GenerateKey(rand.Reader)
-	block, _ := ssh.MarshalPrivateKey(priv, name)
-	keyFile := filepath.Join(t.TempDir(), "id_"+name)
-	os.WriteFile(keyFile, pem.EncodeToMemory(block), 0o600)
-	signer, _ := ssh.NewSignerFromKey(priv)
-	args := append([]string{"user", "add", name, "--key", string(ssh.MarshalAuthorizedKey(signer.PublicKey())), "--config", c.cfg}, extra...)
-	c.changed(t, func() {
-		if out, err := exec.Command(siloBin, args...).CombinedOutput(); err != nil {
-			t.Fatalf("user add %s: %v\n%s", name, err, out)
-		}
-	})
+	var keyFile string
+	c.changed(t, func() { keyFile = addKeyUserWith(t, siloBin, c.cfg, name, extra...) })
 	return keyFile
 }
 
@@ -464,7 +454,7 @@ func readFile(sc *sftp.Client, name string) ([]byte, error) {
 	return b.Bytes(), err
 }
 
-// `silo user import` moves a users file's accounts into PostgreSQL, all or
+// `silo user import --users` moves a users file's accounts into PostgreSQL, all or
 // none; `silo cluster` lists the nodes that are up.
 func TestClusterImportAndList(t *testing.T) {
 	t.Parallel()
@@ -476,7 +466,7 @@ func TestClusterImportAndList(t *testing.T) {
 	}
 	usersFile := filepath.Join(filepath.Dir(single), "users.toml")
 	c.changed(t, func() {
-		if out, stderr, code := silo(t, "", "user", "import", usersFile, "--config", c.cfg); code != 0 ||
+		if out, stderr, code := silo(t, "", "user", "import", "--users", usersFile, "--config", c.cfg); code != 0 ||
 			!strings.Contains(out, "imported 2 users") {
 			t.Fatalf("user import: %d %q %q", code, out, stderr)
 		}
@@ -486,7 +476,7 @@ func TestClusterImportAndList(t *testing.T) {
 		t.Fatalf("user list after import:\n%s", out)
 	}
 	// Again: both exist, nothing changes.
-	if _, stderr, code := silo(t, "", "user", "import", usersFile, "--config", c.cfg); code != 1 ||
+	if _, stderr, code := silo(t, "", "user", "import", "--users", usersFile, "--config", c.cfg); code != 1 ||
 		!strings.Contains(stderr, "nothing imported") || !strings.Contains(stderr, "user bob exists already") {
 		t.Fatalf("second import: %d %q", code, stderr)
 	}
