@@ -83,6 +83,23 @@ func (d *DB) Run(ctx context.Context, timeout time.Duration, h Hooks) {
 		d.sendPenalties(ctx)
 	}()
 	defer func() { <-sent }()
+	// Walking a large home takes long: not in the heartbeat's way.
+	recounts := make(chan string, 1024)
+	counted := make(chan struct{})
+	go func() {
+		defer close(counted)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case a := <-recounts:
+				if err := d.recount(a, h); err != nil {
+					d.log.Error("recount after a member stopped failed", "user", a, "err", err)
+				}
+			}
+		}
+	}()
+	defer func() { <-counted }()
 	beat := max(timeout/4, 10*time.Millisecond)
 	t := time.NewTicker(beat)
 	defer t.Stop()
@@ -94,7 +111,7 @@ func (d *DB) Run(ctx context.Context, timeout time.Duration, h Hooks) {
 			return
 		case <-t.C:
 		}
-		if err := d.heartbeat(timeout, h); err != nil {
+		if err := d.heartbeat(timeout, recounts); err != nil {
 			d.beatingSince = time.Time{}
 			d.setDown(err, h)
 		} else if d.listening.Load() {
@@ -185,7 +202,7 @@ func (d *DB) listenOnce(ctx context.Context, h Hooks, first bool) error {
 
 // heartbeat marks this member seen, and reaps the others that have not
 // been for timeout.
-func (d *DB) heartbeat(timeout time.Duration, h Hooks) error {
+func (d *DB) heartbeat(timeout time.Duration, recounts chan<- string) error {
 	ctx, cancel := opContext()
 	defer cancel()
 	tag, err := d.pool.Exec(ctx, "UPDATE silo_nodes SET seen = now() WHERE id = $1", d.node)
@@ -232,15 +249,22 @@ func (d *DB) heartbeat(timeout time.Duration, h Hooks) error {
 		return err
 	}
 	for _, a := range accounts {
-		if err := d.recount(ctx, a, h); err != nil {
-			d.log.Error("recount after a member stopped failed", "user", a, "err", err)
+		select {
+		case recounts <- a:
+		default:
+			// Left as counted, off by what the dead member had not
+			// folded in, until `silo user rescan` or the next open with
+			// nobody else.
+			d.log.Warn("too many homes to recount at once; run silo user rescan", "user", a)
 		}
 	}
 	return nil
 }
 
-func (d *DB) recount(ctx context.Context, account string, h Hooks) error {
+func (d *DB) recount(account string, h Hooks) error {
 	u, ok, err := h.Recount(account)
+	ctx, cancel := opContext()
+	defer cancel()
 	if err != nil {
 		return err
 	}
