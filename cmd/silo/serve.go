@@ -250,8 +250,8 @@ func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, configPath string, c
 			if nc.Listen != cfg.Listen || nc.Homes != cfg.Homes || nc.HostKeys != cfg.HostKeys ||
 				nc.Users != cfg.Users || nc.Fsync != cfg.Fsync || nc.LogFormat != cfg.LogFormat ||
 				nc.AdminSocket != cfg.AdminSocket || nc.MetricsListen != cfg.MetricsListen ||
-				nc.MetricsUsers != cfg.MetricsUsers || !reflect.DeepEqual(nc.Hooks, cfg.Hooks) {
-				log.Warn("config reloaded; listen, homes, host_keys, users, fsync, log_format, admin_socket, metrics and hooks take effect at the next start")
+				nc.MetricsUsers != cfg.MetricsUsers || !reflect.DeepEqual(nc.Hooks, cfg.Hooks) || nc.Store != cfg.Store {
+				log.Warn("config reloaded; listen, homes, host_keys, users, fsync, log_format, admin_socket, metrics, hooks and store take effect at the next start")
 			} else {
 				log.Info("config reloaded")
 			}
