@@ -110,6 +110,10 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		"negative":        {"shutdown_grace = \"-5s\"\n", "shutdown_grace"},
 		"no grace":        {"[limits]\nlogin_grace_time = \"0s\"\n", "limits.login_grace_time"},
 		"bare address":    {"[penalties]\nexempt = [\"10.0.0.1\"]\n", "penalties.exempt"},
+		"bad store":       {"[store]\nkind = \"pg\"\n", "store.kind"},
+		"dsn for a file":  {"[store]\ndsn = \"host=db\"\n", "store.dsn"},
+		"bad node time":   {"[store]\nkind = \"postgres\"\nnode_timeout = 10\n", "store.node_timeout"},
+		"bad dsn":         {"[store]\nkind = \"postgres\"\ndsn = \"port=notanumber\"\n", "store dsn"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, stderr, code := silo(t, "", "serve", "--config", writeConfig(t, tc.body))
