@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"reflect"
 	"sync"
 	"testing"
 
@@ -133,5 +134,40 @@ func TestLedgerLeasesStayWithinQuota(t *testing.T) {
 	}
 	if committed < quota-3<<20 {
 		t.Fatalf("committed %d of a %d quota: leases left too much unused", committed, quota)
+	}
+}
+
+// Every field of every account of the example users file comes back from
+// the database as it went in: the record is stored whole, so a field added
+// to users.User needs nothing here.
+func TestAccountsRoundTripEveryField(t *testing.T) {
+	want, err := users.Load("../users.example.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(want.Users) == 0 {
+		t.Fatal("no accounts in users.example.toml")
+	}
+	pg := pgtest.Start(t)
+	db, err := Open(context.Background(), pg.DSN(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Accounts().Update(func(f *users.File) error { f.Users = want.Users; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	got, err := db.Accounts().Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range want.Users {
+		i := got.Find(w.Name)
+		if i < 0 {
+			t.Fatalf("%s: not loaded", w.Name)
+		}
+		if !reflect.DeepEqual(got.Users[i], w) {
+			t.Errorf("%s: got %+v\nwant %+v", w.Name, got.Users[i], w)
+		}
 	}
 }
