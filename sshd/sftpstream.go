@@ -47,12 +47,14 @@ const (
 	fxpOpendir       = 11
 	fxpSymlink       = 20
 	fxpStatus        = 101
+	fxpData          = 103
 	fxpHandle        = 102
 	fxpName          = 104
 	fxpExtended      = 200
 	fxpExtendedReply = 201
 
 	fxOK               = 0
+	fxEOF              = 1
 	fxPermissionDenied = 3
 	fxFailure          = 4
 	fxOpUnsupported    = 8
@@ -174,20 +176,13 @@ func (s *sftpStream) waitOpen() {
 	}
 }
 
-// request hands a request on: its cost is taken from the session's and the
-// account's budgets (waiting while they are spent) and given back when its
-// reply is written; an open is waited for.
+// request hands a request on to pkg/sftp: its cost is taken from the
+// budgets (acquire) and given back when its reply is written; an open is
+// waited for.
 func (s *sftpStream) request(typ byte, cost int64) error {
-	cost = min(cost, sessionInflight)
 	bulk := typ == fxpRead || typ == fxpWrite
-	if err := s.session.Acquire(s.ctx, cost); err != nil {
+	if err := s.acquire(cost, bulk); err != nil {
 		return err
-	}
-	if bulk {
-		if err := s.account.Acquire(s.ctx, cost); err != nil {
-			s.session.Release(cost)
-			return err
-		}
 	}
 	s.omu.Lock()
 	defer s.omu.Unlock()
@@ -197,6 +192,31 @@ func (s *sftpStream) request(typ byte, cost int64) error {
 		s.openRank = s.requests
 	}
 	return nil
+}
+
+// acquire takes cost from the session's budget and, for a READ or WRITE,
+// from the account's, waiting while they are spent.
+func (s *sftpStream) acquire(cost int64, bulk bool) error {
+	cost = min(cost, sessionInflight)
+	if err := s.session.Acquire(s.ctx, cost); err != nil {
+		return err
+	}
+	if bulk {
+		if err := s.account.Acquire(s.ctx, cost); err != nil {
+			s.session.Release(cost)
+			return err
+		}
+	}
+	return nil
+}
+
+// release gives back what acquire took.
+func (s *sftpStream) release(cost int64, bulk bool) {
+	cost = min(cost, sessionInflight)
+	s.session.Release(cost)
+	if bulk {
+		s.account.Release(cost)
+	}
 }
 
 // replied counts a reply of pkg/sftp's whose head is going out.
@@ -217,10 +237,7 @@ func (s *sftpStream) answered() {
 	c := s.costs[0]
 	s.costs = s.costs[1:]
 	s.omu.Unlock()
-	s.session.Release(c.cost)
-	if c.bulk {
-		s.account.Release(c.cost)
-	}
+	s.release(c.cost, c.bulk)
 }
 
 // releaseAll gives back the costs of requests that will never be
@@ -342,8 +359,9 @@ func isRequest(typ byte) bool {
 }
 
 // readOrWrite looks at the head of a READ or WRITE (id, handle, offset,
-// length) against the handle's open mode. A WRITE's data then goes
-// straight from the channel to pkg/sftp.
+// length) against the handle's open mode, and serves it here if the handle
+// is a file's (serveBulk). Anything else (a directory's handle, one that is
+// unknown, a head that does not parse) goes on to pkg/sftp, which refuses it.
 func (s *sftpStream) readOrWrite(typ byte, body uint32) error {
 	head := min(body, 4+4+maxHandleLen+8+4)
 	b, err := s.readBody(head)
@@ -370,14 +388,80 @@ func (s *sftpStream) readOrWrite(typ byte, body uint32) error {
 	cost := int64(min(length(b, after+8), maxSFTPData)) // a READ's length
 	if typ == fxpWrite {
 		cost = int64(body)
-		if f != nil && f.appending && len(b) >= after+12 {
-			// The data length is the last field of the head.
-			n := int64(binary.BigEndian.Uint32(b[after+8:]))
-			binary.BigEndian.PutUint64(b[after:], uint64(f.appendAt.Add(n)-n))
-		}
+	}
+	if f != nil && len(b) >= after+12 && (typ == fxpRead || uint32(after+12)+length(b, after+8) <= body) {
+		return s.serveBulk(typ, f, b, after, rest, max(cost, smallCost))
 	}
 	s.pending, s.remain = append(s.hdr[:], b...), rest
 	return s.request(typ, max(cost, smallCost))
+}
+
+// bulkBufs holds the buffers READs and WRITEs are served in, shared by all
+// sessions: a session holds one only while it serves a request, so that an
+// idle session holds none, and the in-flight budgets bound how many are out.
+var bulkBufs = sync.Pool{New: func() any { b := make([]byte, maxSFTPPacket); return &b }}
+
+// dataHead is the size of a DATA reply's head: length, type, id, data length.
+const dataHead = 4 + 1 + 4 + 4
+
+// serveBulk serves a READ or WRITE on an open file, on the stream's own
+// goroutine, from one pooled buffer: a READ's data is read in behind room
+// for the reply's head and leaves in one write; a WRITE's data goes from the
+// channel into the buffer and from there to the file. b is the request's
+// head (id, handle, offset, length, perhaps the first data bytes); rest is
+// what is left of the packet on the channel.
+//
+// The requests handed to pkg/sftp before are answered first, and the next
+// request is read only once this one is answered, so that replies leave in
+// the order of the requests as pkg/sftp's do: a client may rely on a SETSTAT
+// before a WRITE, or a WRITE before a CLOSE, taking effect in that order.
+func (s *sftpStream) serveBulk(typ byte, f *sftpFile, b []byte, after int, rest uint32, cost int64) error {
+	s.waitAnswered()
+	if err := s.acquire(cost, true); err != nil {
+		return err
+	}
+	defer s.release(cost, true)
+	bp := bulkBufs.Get().(*[]byte)
+	defer bulkBufs.Put(bp)
+	buf := *bp
+	off := int64(binary.BigEndian.Uint64(b[after:]))
+	n := length(b, after+8)
+
+	switch {
+	case typ == fxpWrite:
+		// The data, and whatever follows it in the packet, which
+		// pkg/sftp too would ignore.
+		all := buf[:len(b)-after-12+int(rest)]
+		k := copy(all, b[after+12:])
+		if _, err := io.ReadFull(s.ch, all[k:]); err != nil {
+			return err
+		}
+		if f.appending {
+			off = f.appendAt.Add(int64(n)) - int64(n)
+		}
+		_, err := f.WriteAt(all[:n], off)
+		s.statusOf(b[:4], err)
+	case off < 0:
+		s.statusOf(b[:4], &statusError{sftp.ErrSSHFxBadMessage, "negative offset"})
+	default:
+		data := buf[dataHead : dataHead+min(n, maxSFTPData)]
+		got, err := f.ReadAt(data, off)
+		if err != nil && (err != io.EOF || got == 0) {
+			s.statusOf(b[:4], err)
+			break
+		}
+		pkt := buf[:dataHead+got]
+		binary.BigEndian.PutUint32(pkt, uint32(len(pkt)-4))
+		pkt[4] = fxpData
+		binary.BigEndian.PutUint32(pkt[5:], binary.BigEndian.Uint32(b))
+		binary.BigEndian.PutUint32(pkt[9:], uint32(got))
+		s.send(pkt)
+	}
+	// A reply that could not be sent ends the session.
+	if err := s.werr.Load(); err != nil {
+		return *err
+	}
+	return nil
 }
 
 // swapSymlink turns a SYMLINK body (id, linkpath, targetpath) in the
@@ -467,14 +551,8 @@ func (s *sftpStream) extended(body []byte) bool {
 	switch {
 	case !ok:
 		return false
-	case err != nil:
-		var se *statusError
-		if !errors.As(err, &se) {
-			se = &statusError{sftp.ErrSSHFxFailure, err.Error()}
-		}
-		s.status(id, statusCode(se.code), se.msg)
-	case reply == nil:
-		s.status(id, fxOK, "")
+	case err != nil || reply == nil:
+		s.statusOf(id, err)
 	default:
 		s.inject(append(append([]byte{typ}, id...), reply...))
 	}
@@ -503,6 +581,22 @@ func (s *sftpStream) waitAnswered() {
 	}
 }
 
+// statusOf injects the SSH_FXP_STATUS reply for the outcome of a request
+// served here: OK for nil, EOF, or the code and words of a statusError.
+func (s *sftpStream) statusOf(id []byte, err error) {
+	var se *statusError
+	switch {
+	case err == nil:
+		s.status(id, fxOK, "")
+	case err == io.EOF:
+		s.status(id, fxEOF, "EOF")
+	case errors.As(err, &se):
+		s.status(id, statusCode(se.code), se.msg)
+	default:
+		s.status(id, fxFailure, err.Error())
+	}
+}
+
 // status injects an SSH_FXP_STATUS reply.
 func (s *sftpStream) status(id []byte, code uint32, msg string) {
 	reply := append([]byte{fxpStatus}, id...)
@@ -516,11 +610,16 @@ func (s *sftpStream) status(id []byte, code uint32, msg string) {
 
 // inject writes a whole reply packet between pkg/sftp's packets.
 func (s *sftpStream) inject(body []byte) {
-	pkt := binary.BigEndian.AppendUint32(nil, uint32(len(body)))
+	s.send(append(binary.BigEndian.AppendUint32(nil, uint32(len(body))), body...))
+}
+
+// send writes a whole packet, length field included, between pkg/sftp's
+// packets.
+func (s *sftpStream) send(pkt []byte) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	if s.werr.Load() == nil {
-		if _, err := s.ch.Write(append(pkt, body...)); err != nil {
+		if _, err := s.ch.Write(pkt); err != nil {
 			s.werr.Store(&err)
 		}
 	}
