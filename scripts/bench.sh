@@ -5,6 +5,11 @@
 # Then, unless FSYNC_RUN=0, the put workloads again with silo's fsync = true,
 # the cost of durable uploads; and, unless HASH_RUN=0, `ssh silo md5sum` (and
 # the other checksum commands) against GNU coreutils on the same 1 GiB file.
+# Then, unless CPU_RUN=0, the SFTP workloads again, one sftp command at a
+# time, alternated, pinned (server on core 0, client on core 1) and
+# unpinned, with the CPU time of server and client per GiB besides MB/s
+# (cpuacct cgroups; the reference sshd is a private instance on
+# OSSH_CPU_PORT, default 2224, so that nobody else's sessions count).
 # Then, unless ORDER_RUN=0, the cost of a full out-of-order budget; and, unless
 # RSYNC_RUN=0, rsync over ssh against OpenSSH running the rsync binary.
 # Then, unless STORE_RUN=0, silo with the PostgreSQL store against silo with
@@ -12,7 +17,10 @@
 # with one client each against one node with three clients. OPENSSH_RUN=0
 # skips the first table.
 #   Env: ROUNDS (default 5), ONLY (workload regex), SHARED (default ../shared),
-#        SILO_BENCH_PORT (default 2023); anything compare.sh takes.
+#        SILO_BENCH_PORT (default 2023); anything compare.sh takes;
+#        CPU_ONLY (workload regex of the CPU run), PIN (both, 1 or 0),
+#        SILO_BASE (another silo binary, measured beside this one in the
+#        CPU run, on SILO_BASE_PORT, default 2033).
 # Needs root (the reference sshd) and a built ./silo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,6 +71,141 @@ if [[ ${FSYNC_RUN:-1} != 0 ]]; then
   start_silo true
   echo "## fsync = true (put workloads)"
   ONLY=${ONLY:-put} compare
+fi
+
+if [[ ${CPU_RUN:-1} != 0 ]]; then
+  start_silo false
+  cg=/sys/fs/cgroup/cpuacct/silo-bench-$$
+  ossh=$work/ossh oport=${OSSH_CPU_PORT:-2224} bport=${SILO_BASE_PORT:-2033}
+  chmod 755 "$work"
+  mkdir -p "$ossh" && cp /tmp/ossh/id_ed25519 /tmp/ossh/id_ed25519.pub "$ossh/"
+  OSSH_DIR=$ossh OSSH_PORT=$oport "$shared/bench/openssh-up.sh" >/dev/null
+  odata=/srv/osshjail/benchuser/data/cpu-$$
+  mkdir -p "$odata" && chown benchuser: "$odata"
+  cpu_cleanup() {
+    OSSH_DIR=$ossh "$shared/bench/openssh-down.sh" >/dev/null || true
+    if [[ -n ${bpid:-} ]]; then kill "$bpid" 2>/dev/null || true; wait "$bpid" 2>/dev/null || true; fi
+    for g in "$cg"/*/; do
+      [[ -d $g ]] || continue
+      for p in $(cat "$g/cgroup.procs"); do echo "$p" >"$cg/../cgroup.procs" || true; done
+      rmdir "$g" || true
+    done
+    [[ -d $cg ]] && rmdir "$cg" || true
+    rm -rf "$odata"
+  }
+  trap 'cpu_cleanup; cleanup' EXIT
+  servers=(silo openssh) clientpin=""
+  mkdir -p "$cg/client" "$cg/silo" "$cg/openssh"
+  echo "$pid" >"$cg/silo/cgroup.procs"
+  echo "$(cat "$ossh/sshd.pid")" >"$cg/openssh/cgroup.procs"
+  if [[ -n ${SILO_BASE:-} ]]; then # the same home and users, another port
+    sed "s/:$port\"/:$bport\"/; s/^homes = .*/homes = \"homes-base\"/" "$work/config.toml" >"$work/base.toml"
+    : >"$work/base.log"
+    "$SILO_BASE" serve --config "$work/base.toml" 2>"$work/base.log" &
+    bpid=$!
+    for _ in $(seq 100); do grep -q "listening on" "$work/base.log" && break; sleep 0.1; done
+    grep -q "listening on" "$work/base.log" || { cat "$work/base.log" >&2; exit 1; }
+    mkdir -p "$cg/base" && echo "$bpid" >"$cg/base/cgroup.procs"
+    servers+=(base)
+  fi
+  L=/dev/shm/sftpbench # sftp-throughput.sh's test data, made by the runs above
+  [[ -f $L/big.bin && -d $L/small ]] || { echo "no test data in $L" >&2; exit 1; }
+  serverpid() { case $1 in silo) echo "$pid" ;; base) echo "$bpid" ;; openssh) cat "$ossh/sshd.pid" ;; esac; }
+  target() { # target SERVER -> "PORT USER DIR"
+    case $1 in silo) echo "$port bench /" ;; base) echo "$bport bench /" ;; openssh) echo "$oport benchuser /data/cpu-$$" ;; esac
+  }
+  sftpc() { # sftpc SERVER CIPHER < commands, the client in the client cgroup
+    local p u d c=(-c "$2"); read -r p u d <<<"$(target "$1")"; [[ $2 == default ]] && c=()
+    (echo "$BASHPID" >"$cg/client/cgroup.procs"; exec $clientpin sftp -q -b - -P "$p" -i "$key" "${c[@]}" \
+      -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR "$u@127.0.0.1") >/dev/null
+  }
+  dir() { local p u d; read -r p u d <<<"$(target "$1")"; echo "${d%/}"; }
+  gcm=aes128-gcm@openssh.com
+  # workload SERVER NAME: the untimed preparation, then the timed command.
+  prep() {
+    local d; d=$(dir "$1")
+    case $2 in
+      put_1GiB*) echo "-rm $d/big.bin" | sftpc "$1" $gcm 2>/dev/null || true ;;
+      put_2000*) printf -- '-rm %s/small/*\n-rmdir %s/small\n' "$d" "$d" | sftpc "$1" $gcm 2>/dev/null || true ;;
+      put_4x*) printf -- "-rm $d/c%s.bin\n" 1 2 3 4 | sftpc "$1" $gcm 2>/dev/null || true ;;
+      get_*) rm -rf "$L/big.get" "$L/small.get" ;;
+    esac
+  }
+  timed() {
+    local d; d=$(dir "$1")
+    case $2 in
+      put_1GiB_aes128gcm) echo "put $L/big.bin $d/big.bin" | sftpc "$1" $gcm ;;
+      get_1GiB_aes128gcm) echo "get $d/big.bin $L/big.get" | sftpc "$1" $gcm ;;
+      put_1GiB_default) echo "put $L/big.bin $d/big.bin" | sftpc "$1" default ;;
+      get_1GiB_default) echo "get $d/big.bin $L/big.get" | sftpc "$1" default ;;
+      get_1GiB_chacha20) echo "get $d/big.bin $L/big.get" | sftpc "$1" chacha20-poly1305@openssh.com ;;
+      put_2000x4KiB) echo "put -r $L/small $d/small" | sftpc "$1" $gcm ;;
+      get_2000x4KiB) echo "get -r $d/small $L/small.get" | sftpc "$1" $gcm ;;
+      put_4x256MiB_parallel) local i ps=()
+        for i in 1 2 3 4; do echo "put $L/c$i.bin $d/c$i.bin" | sftpc "$1" $gcm & ps+=($!); done
+        for i in "${ps[@]}"; do wait "$i"; done ;;
+    esac
+  }
+  bytes() { case $1 in *2000x4KiB) echo $((2000 * 4096)) ;; *) echo $((1 << 30)) ;; esac; }
+  usage() { cat "$cg/$1/cpuacct.usage"; }
+  # measure SERVER NAME -> "MB/s server_s/GiB client_s/GiB"
+  measure() {
+    local b s0 c0 t0 t1
+    prep "$1" "$2"
+    b=$(bytes "$2") s0=$(usage "$1") c0=$(usage client) t0=$(date +%s%N)
+    timed "$1" "$2"
+    t1=$(date +%s%N)
+    awk -v b="$b" -v ns=$((t1 - t0)) -v s=$(($(usage "$1") - s0)) -v c=$(($(usage client) - c0)) \
+      'BEGIN { g = b / 2^30; printf "%.1f %.3f %.3f\n", b / ns * 1e3, s / 1e9 / g, c / 1e9 / g }'
+  }
+  # Each server holds the files the get workloads fetch.
+  for srv in "${servers[@]}"; do
+    d=$(dir "$srv")
+    printf -- "-rm %s/big.bin\nput %s/big.bin %s/big.bin\n" "$d" "$L" "$d" | sftpc "$srv" $gcm 2>/dev/null
+    printf -- "-mkdir %s/small\nput -r %s/small %s/\n" "$d" "$L" "$d" | sftpc "$srv" $gcm
+  done
+  works=(put_1GiB_aes128gcm get_1GiB_aes128gcm put_1GiB_default get_1GiB_default get_1GiB_chacha20
+    get_2000x4KiB put_4x256MiB_parallel put_2000x4KiB)
+  case ${PIN:-both} in both) pins=(1 0) ;; *) pins=("$PIN") ;; esac
+  for pinned in "${pins[@]}"; do
+    if ((pinned)); then
+      clientpin="taskset -c 1" spin=0
+      echo "## CPU per GiB, pinned: server on core 0, client on core 1"
+    else
+      clientpin="" spin=0-$(($(nproc) - 1))
+      echo "## CPU per GiB, unpinned"
+    fi
+    for srv in "${servers[@]}"; do taskset -a -p -c "$spin" "$(serverpid "$srv")" >/dev/null; done
+    rm -f "$work"/cpu.*
+    for w in "${works[@]}"; do
+      [[ $w =~ ${CPU_ONLY:-.} ]] || continue
+      for ((r = 0; r < ${ROUNDS:-5}; r++)); do
+        order=("${servers[@]}")
+        ((r % 2)) && order=(openssh "${servers[@]:0:1}" "${servers[@]:2}")
+        for srv in "${order[@]}"; do echo "$w $r $(measure "$srv" "$w")" >>"$work/cpu.$srv"; done
+        echo "# $w round $((r + 1))" >&2
+      done
+    done
+    # Medians per server, and the median of per-round ratios to OpenSSH;
+    # min-max of the ratios shows the noise.
+    for srv in "${servers[@]}"; do
+      [[ $srv == openssh ]] && continue
+      echo "# $srv against openssh: MB/s ratio (min-max), server and client CPU per GiB ratio, and $srv's figures"
+      paste -d' ' "$work/cpu.$srv" "$work/cpu.openssh" | awk '
+        { w = $1; n[w]++; k = n[w]; if (k == 1) order[++m] = w
+          R[w, k] = $3 / $8; S[w, k] = $4 / $9; C[w, k] = $5 / $10; M[w, k] = $3; SS[w, k] = $4; CC[w, k] = $5 }
+        function med(a, w, c,   i, j, t, v) { for (i = 1; i <= c; i++) v[i] = a[w, i]
+          for (i = 1; i <= c; i++) for (j = i + 1; j <= c; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
+          lo = v[1]; hi = v[c]
+          return (c % 2) ? v[(c + 1) / 2] : (v[c / 2] + v[c / 2 + 1]) / 2 }
+        BEGIN { printf "%-24s %6s %11s %7s %7s %8s %8s %8s\n", "workload", "MB/s", "(min-max)", "srvCPU", "cliCPU", "MB/s", "srv_s/G", "cli_s/G" }
+        END { for (i = 1; i <= m; i++) { w = order[i]; c = n[w]
+          r = med(R, w, c); a = lo; b = hi
+          printf "%-24s %6.2f %5.2f-%-5.2f %7.2f %7.2f %8.1f %8.2f %8.2f\n", w, r, a, b, med(S, w, c), med(C, w, c), med(M, w, c), med(SS, w, c), med(CC, w, c) } }'
+    done
+  done
+  cpu_cleanup
+  trap cleanup EXIT
 fi
 
 if [[ ${HASH_RUN:-1} != 0 ]]; then
