@@ -85,8 +85,8 @@ func init() {
 
 // serveSFTP runs an SFTP session on ch until the client ends it or ctx is
 // done: pkg/sftp's RequestServer with h as its handlers, behind the stream
-// (sftpstream.go). No allocator: its pages stay with a session for its
-// whole life, and what a session may have in flight is bounded instead.
+// (sftpstream.go), which serves READ and WRITE on h's files itself. No
+// allocator: its pages stay with a session for its whole life.
 func serveSFTP(ctx context.Context, ch io.ReadWriteCloser, h *sftpHandler, touch func(), quirks clientQuirks) error {
 	stream := newSFTPStream(ctx, ch, touch, int(h.maxHandles), h.acct.inflight)
 	stream.quirks = quirks

@@ -79,27 +79,31 @@ type inflight struct {
 // orders the replies; the stream reads each packet's head on the way in and
 // out, and adds what pkg/sftp does not do:
 //
+//   - READ and WRITE on the files the handlers opened, served here, on the
+//     stream's goroutine, in buffers shared by all sessions (serveBulk):
+//     pkg/sftp would allocate a 256 KiB buffer for each and copy every
+//     reply, and its per-session allocator keeps its pages for the
+//     session's life;
 //   - the extensions pkg/sftp does not know (limits@openssh.com), answered
 //     here and announced in the VERSION reply;
 //   - packet types it does not know, answered SSH_FX_OP_UNSUPPORTED (it
 //     would end the session);
 //   - a READ on a handle not open for reading, or a WRITE on one not open
-//     for writing, refused: pkg/sftp runs whatever request a handle gets as
-//     the handle's first kind, so a READ on a write handle would write the
-//     data buffer it allocated for the reply;
+//     for writing, refused;
 //   - SSH_FXF_APPEND: each WRITE on such a handle is moved to the end of
 //     what the handle has written, in the order the requests arrive, as
-//     O_APPEND does for OpenSSH's sftp-server; pkg/sftp's workers may run
-//     them in any order, and vfs puts them on disk in order;
+//     O_APPEND does for OpenSSH's sftp-server;
 //   - a bound on what a session and an account have in flight;
 //   - requests behind an open wait until the open is answered: pkg/sftp
 //     registers a handle before it has finished setting it up, and a
 //     request for that handle sent right behind the open (no honest client
 //     does that; it needs the handle first) would race with the setup.
 //
-// It relies on pkg/sftp answering every request it is handed once, in the
-// order received, and writing each reply's head (everything but a DATA
-// reply's payload) in one call; each is guarded by a test.
+// Replies leave in the order of the requests: a request answered here
+// waits until pkg/sftp has answered those before it. The stream relies on
+// pkg/sftp answering every request it is handed once, in the order
+// received, and writing each reply's head (everything but a DATA reply's
+// payload) in one call; each is guarded by a test.
 type sftpStream struct {
 	ch         io.ReadWriteCloser
 	ctx        context.Context // the session's: ends waits for budget
@@ -359,9 +363,9 @@ func isRequest(typ byte) bool {
 }
 
 // readOrWrite looks at the head of a READ or WRITE (id, handle, offset,
-// length) against the handle's open mode, and serves it here if the handle
-// is a file's (serveBulk). Anything else (a directory's handle, one that is
-// unknown, a head that does not parse) goes on to pkg/sftp, which refuses it.
+// length) against the handle's open mode, and serves it here (serveBulk).
+// Only a head that does not parse goes on to pkg/sftp, which ends the
+// session.
 func (s *sftpStream) readOrWrite(typ byte, body uint32) error {
 	head := min(body, 4+4+maxHandleLen+8+4)
 	b, err := s.readBody(head)
@@ -374,15 +378,21 @@ func (s *sftpStream) readOrWrite(typ byte, body uint32) error {
 	if ok {
 		f = s.file(h)
 	}
-	if f != nil && (typ == fxpRead && !f.canRead || typ == fxpWrite && !f.write) {
+	if ok && (f == nil || typ == fxpRead && !f.canRead || typ == fxpWrite && !f.write) {
 		if _, err := io.CopyN(io.Discard, s.ch, int64(rest)); err != nil {
 			return err
 		}
-		what := "reading"
-		if typ == fxpWrite {
-			what = "writing"
+		s.waitAnswered() // the refusal goes out after what came before
+		switch {
+		case f == nil:
+			// A directory's handle, or one closed or never given:
+			// pkg/sftp would run the request beside a CLOSE in flight.
+			s.status(b[:4], fxFailure, "invalid handle")
+		case typ == fxpRead:
+			s.status(b[:4], fxPermissionDenied, fmt.Sprintf("permission denied: %s is not open for reading", f.f.Name()))
+		default:
+			s.status(b[:4], fxPermissionDenied, fmt.Sprintf("permission denied: %s is not open for writing", f.f.Name()))
 		}
-		s.status(b[:4], fxPermissionDenied, fmt.Sprintf("permission denied: %s is not open for %s", f.f.Name(), what))
 		return nil
 	}
 	cost := int64(min(length(b, after+8), maxSFTPData)) // a READ's length
