@@ -707,10 +707,11 @@ func headLen(b []byte) int {
 	return min(size, 9)
 }
 
-// headDone learns from a reply's head: a reply of pkg/sftp's is counted,
-// and the handle an open was answered with is bound to its file.
+// headDone learns from a reply's head: the handle an open was answered
+// with is bound to its file, then the reply is counted, which lets the
+// requests behind the open be read: they find the handle bound.
 func (s *sftpStream) headDone(head []byte) {
-	s.replied()
+	defer s.replied()
 	if len(head) < 9 || head[4] == fxpVersion {
 		return
 	}
