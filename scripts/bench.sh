@@ -2,15 +2,16 @@
 # bench.sh: silo against OpenSSH (sshd + ChrootDirectory + internal-sftp) on
 # this machine, in the same run, with ../shared/bench/compare.sh. Prints the
 # table of medians and silo/OpenSSH ratios.
-# Then, unless FSYNC_RUN=0, the put workloads again with silo's fsync = true,
-# the cost of durable uploads; and, unless HASH_RUN=0, `ssh silo md5sum` (and
-# the other checksum commands) against GNU coreutils on the same 1 GiB file.
+# Then, unless FSYNC_RUN=0, the put workloads again with silo's fsync =
+# true, the cost of durable uploads.
 # Then, unless CPU_RUN=0, the SFTP workloads again, one sftp command at a
 # time, alternated, pinned (server on core 0, client on core 1) and
 # unpinned, with the CPU time of server and client per GiB besides MB/s
 # (cpuacct cgroups; the reference sshd is a private instance on
 # OSSH_CPU_PORT, default 2224, so that nobody else's sessions count).
-# Then, unless ORDER_RUN=0, the cost of a full out-of-order budget; and, unless
+# Then, unless HASH_RUN=0, `ssh silo md5sum` (and the other checksum
+# commands) against GNU coreutils on the same 1 GiB file; unless
+# ORDER_RUN=0, the cost of a full out-of-order budget; and, unless
 # RSYNC_RUN=0, rsync over ssh against OpenSSH running the rsync binary.
 # Then, unless STORE_RUN=0, silo with the PostgreSQL store against silo with
 # users.toml (a throw-away PostgreSQL of Debian's package), and three nodes
