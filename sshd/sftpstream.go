@@ -47,8 +47,8 @@ const (
 	fxpOpendir       = 11
 	fxpSymlink       = 20
 	fxpStatus        = 101
-	fxpData          = 103
 	fxpHandle        = 102
+	fxpData          = 103
 	fxpName          = 104
 	fxpExtended      = 200
 	fxpExtendedReply = 201
@@ -437,8 +437,8 @@ func (s *sftpStream) serveBulk(typ byte, f *sftpFile, b []byte, after int, rest 
 	off := int64(binary.BigEndian.Uint64(b[after:]))
 	n := length(b, after+8)
 
-	switch {
-	case typ == fxpWrite:
+	var data []byte
+	if typ == fxpWrite {
 		// The data, and whatever follows it in the packet, which
 		// pkg/sftp too would ignore.
 		all := buf[:len(b)-after-12+int(rest)]
@@ -446,15 +446,19 @@ func (s *sftpStream) serveBulk(typ byte, f *sftpFile, b []byte, after int, rest 
 		if _, err := io.ReadFull(s.ch, all[k:]); err != nil {
 			return err
 		}
+		data = all[:n]
 		if f.appending {
 			off = f.appendAt.Add(int64(n)) - int64(n)
 		}
-		_, err := f.WriteAt(all[:n], off)
-		s.statusOf(b[:4], err)
+	}
+	switch {
 	case off < 0:
 		s.statusOf(b[:4], &statusError{sftp.ErrSSHFxBadMessage, "negative offset"})
+	case typ == fxpWrite:
+		_, err := f.WriteAt(data, off)
+		s.statusOf(b[:4], err)
 	default:
-		data := buf[dataHead : dataHead+min(n, maxSFTPData)]
+		data = buf[dataHead : dataHead+min(n, maxSFTPData)]
 		got, err := f.ReadAt(data, off)
 		if err != nil && (err != io.EOF || got == 0) {
 			s.statusOf(b[:4], err)

@@ -55,6 +55,7 @@ func TestPipelinedRequestsAnsweredInOrder(t *testing.T) {
 	send(want{name: "read of 1 MiB gets 255 KiB", typ: fxpData, data: big[100 : 100+255<<10]}, fxpRead, str(hb.str), u64(100), u32(1<<20))
 	send(want{name: "short read at the end", typ: fxpData, data: big[len(big)-10:]}, fxpRead, str(hb.str), u64(uint64(len(big)-10)), u32(100))
 	send(want{name: "write on a read-only handle", typ: fxpStatus, code: 3}, fxpWrite, str(hb.str), u64(0), str("no"))
+	send(want{name: "write at a negative offset", typ: fxpStatus, code: 5}, fxpWrite, str(h.str), u64(1<<63), str("no"))
 	send(want{name: "close", typ: fxpStatus}, fxpClose, str(h.str))
 	send(want{name: "read after close", typ: fxpStatus, code: 4}, fxpRead, str(h.str), u64(0), u32(100))
 
