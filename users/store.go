@@ -133,26 +133,45 @@ func (s *Store) Reload() (removed []string, err error) {
 }
 
 // Watch reloads the users file whenever it changes on disk, checking every
-// interval, until ctx ends; for a store of another backend it does nothing. After each reload attempt it calls onReload with
-// the removed users or the error.
+// interval, until ctx ends; for a store of another backend it does nothing.
+// After each reload attempt it calls onReload with the removed users or the
+// error.
+//
+// A change is loaded only once the file has stayed the same for one
+// interval: a file rewritten in place (an editor, a shell redirection) is
+// empty or half-written for a moment, and loading that moment would remove
+// every account it lacks and close their sessions.
 func (s *Store) Watch(ctx context.Context, interval time.Duration, onReload func(removed []string, err error)) {
 	if s.path == "" {
 		return
 	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	s.watch(ctx, t.C, onReload)
+}
+
+// watch is Watch's loop, one check per tick.
+func (s *Store) watch(ctx context.Context, tick <-chan time.Time, onReload func(removed []string, err error)) {
+	var seen stamp   // the changed version seen at the last tick
+	var pending bool // seen is set
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-tick:
 		}
 		s.mu.RLock()
 		old := s.stamp
 		s.mu.RUnlock()
-		if statStamp(s.path) == old {
+		cur := statStamp(s.path)
+		if cur == old {
 			continue
 		}
+		if !pending || cur != seen {
+			seen, pending = cur, true
+			continue
+		}
+		pending = false
 		removed, err := s.Reload()
 		if err != nil {
 			// Do not retry a broken file every tick: wait for the next change.
