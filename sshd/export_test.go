@@ -14,6 +14,10 @@ func SetHomeHooks(s *Server, idle time.Duration, opening, closed func(dir string
 	s.homes.idleClose, s.homes.opening, s.homes.closed = idle, opening, closed
 }
 
+// SetHomeWaitHook sets a hook called when a session's home waits for an
+// earlier instance of it to finish closing.
+func SetHomeWaitHook(s *Server, waiting func(dir string)) { s.homes.waiting = waiting }
+
 // AddTestCommand adds a built-in command that runs fn. Call it before any
 // session runs a command.
 func (s *Server) AddTestCommand(name string, fn func(ctx context.Context, stdin io.Reader, stdout io.Writer) int) {

@@ -180,9 +180,11 @@ func startServerOn(t *testing.T, dir string) *testServer {
 	return startServerWith(t, dir, sshd.DefaultLimits(), testPenalties())
 }
 
-func startServerWith(t *testing.T, dir string, lim sshd.Limits, pen sshd.Penalties) *testServer {
+// startServerWith starts a server with the given limits and penalties, and
+// options that change the rest of its Config.
+func startServerWith(t *testing.T, dir string, lim sshd.Limits, pen sshd.Penalties, opts ...func(*sshd.Config)) *testServer {
 	t.Helper()
-	ts := newTestServer(t, dir, lim, pen)
+	ts := newTestServer(t, dir, lim, pen, opts...)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -226,7 +228,7 @@ var loadHostKeys = sync.OnceValue(func() error {
 	return err
 })
 
-func newTestServer(t *testing.T, dir string, lim sshd.Limits, pen sshd.Penalties) *testServer {
+func newTestServer(t *testing.T, dir string, lim sshd.Limits, pen sshd.Penalties, opts ...func(*sshd.Config)) *testServer {
 	t.Helper()
 	if err := loadHostKeys(); err != nil {
 		t.Fatal(err)
@@ -240,8 +242,12 @@ func newTestServer(t *testing.T, dir string, lim sshd.Limits, pen sshd.Penalties
 	if ts.store, err = users.OpenStore(ts.usersFile, ts.homes, log); err != nil {
 		t.Fatal(err)
 	}
-	ts.srv, err = sshd.New(sshd.Config{HostSigners: shared.hostKeys, Users: ts.store, Homes: ts.homes,
-		Limits: ts.limits, Penalties: ts.penalties, Logger: log})
+	cfg := sshd.Config{HostSigners: shared.hostKeys, Users: ts.store, Homes: ts.homes,
+		Limits: ts.limits, Penalties: ts.penalties, Logger: log}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	ts.srv, err = sshd.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,27 +18,35 @@ import (
 // cleaned, resolved path, whichever user names it. Sessions acquire a home
 // and release it when they end; a home nobody has used for idleClose is
 // closed, giving back its descriptor, and counted again from disk when it
-// is next opened. Opening a home walks it to count its usage; the walk
-// holds no lock that any other home needs.
+// is next opened. Opening a home walks it to count its usage, and closing
+// one settles its usage with the ledger (a database, which may be slow or
+// down): neither holds mu, so neither holds up any other home.
 type homes struct {
 	root      string // the default homes' directory
 	fsync     bool
 	ledger    func(user string) vfs.Ledger // nil: usage is this server's alone
 	idleClose time.Duration
 	// Test hooks: opening is called before a home is opened (and walked),
-	// closed after one is closed for being idle; clock is what rate limits
-	// wait on (nil: the system's).
-	opening, closed func(dir string)
-	clock           vfs.Clock
+	// closed after one is closed for being idle, waiting when an acquire
+	// waits for an earlier instance of the home to finish closing; clock
+	// is what rate limits wait on (nil: the system's).
+	opening, closed, waiting func(dir string)
+	clock                    vfs.Clock
 
 	mu    sync.Mutex
 	byDir map[string]*openHome
+	// closing holds the homes that have left the registry and are being
+	// closed outside mu. A home of the same directory or user is opened
+	// again only once that close has ended, so that the new instance's
+	// walk and ledger entry never overlap the old one's last settle.
+	closing map[*openHome]struct{}
 }
 
 // openHome is one home in the registry. Lifecycle: created by the first
 // acquire, which opens it while later ones wait on ready; it stays while
 // refs > 0 and for idleClose after, unless its user is removed or its
-// directory is replaced meanwhile.
+// directory is replaced meanwhile; then, once unused, it is retired
+// (closed is made) and closed outside mu (closed is closed).
 type openHome struct {
 	dir    string
 	user   string
@@ -49,12 +57,14 @@ type openHome struct {
 	refs   int
 	rescan int64 // the user's rescan counter when the usage was last computed
 	timer  *time.Timer
+	closed chan struct{} // made when the close starts, closed when it has ended
 }
 
 type fileKey struct{ dev, ino uint64 }
 
 func newHomes(root string, fsync bool, idleClose time.Duration, ledger func(string) vfs.Ledger) *homes {
-	return &homes{root: root, fsync: fsync, idleClose: idleClose, ledger: ledger, byDir: make(map[string]*openHome)}
+	return &homes{root: root, fsync: fsync, idleClose: idleClose, ledger: ledger,
+		byDir: make(map[string]*openHome), closing: make(map[*openHome]struct{})}
 }
 
 // errHomeTaken: a home is, or is inside, or holds, another user's home.
@@ -67,17 +77,33 @@ func (h *homes) acquire(u users.User) (*vfs.FS, func(), error) {
 		return nil, nil, fmt.Errorf("open home of %s: %w", u.Name, err)
 	}
 	h.mu.Lock()
-	oh := h.byDir[dir]
-	if oh != nil && (oh.user != u.Name || oh.id != id && isReady(oh)) {
-		if oh.user != u.Name {
+	var oh *openHome
+	for {
+		if done := h.closingLocked(dir, u.Name); done != nil {
+			h.mu.Unlock()
+			if h.waiting != nil {
+				h.waiting(dir)
+			}
+			<-done
+			h.mu.Lock()
+			continue
+		}
+		oh = h.byDir[dir]
+		if oh != nil && oh.user != u.Name {
 			h.mu.Unlock()
 			return nil, nil, fmt.Errorf("home of %s %s: %w (%s)", u.Name, dir, errHomeTaken, oh.user)
+		}
+		if oh == nil || oh.id == id || !isReady(oh) {
+			break
 		}
 		// Replaced on disk since it was opened: the sessions still on the
 		// old directory keep it, the new one is counted afresh.
 		delete(h.byDir, dir)
-		h.closeLocked(oh)
-		oh = nil
+		if old := h.retireLocked(oh); old != nil {
+			h.mu.Unlock()
+			h.shut(old)
+			h.mu.Lock()
+		}
 	}
 	if oh == nil {
 		for d, other := range h.byDir {
@@ -122,6 +148,17 @@ func (h *homes) acquire(u users.User) (*vfs.FS, func(), error) {
 	return oh.fs, sync.OnceFunc(func() { h.release(oh) }), nil
 }
 
+// closingLocked returns the end of a close under way of a home in dir or
+// of user, or nil. Caller holds mu.
+func (h *homes) closingLocked(dir, user string) <-chan struct{} {
+	for oh := range h.closing {
+		if oh.dir == dir || oh.user == user {
+			return oh.closed
+		}
+	}
+	return nil
+}
+
 // applyAccount gives an open home what its user's record says now: limits,
 // permission rules, rates.
 func applyAccount(fs *vfs.FS, u users.User) {
@@ -142,41 +179,69 @@ func isReady(oh *openHome) bool {
 // release ends one use of a home; the last one starts its idle timer.
 func (h *homes) release(oh *openHome) {
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	if oh.refs--; oh.refs > 0 {
+		h.mu.Unlock()
 		return
 	}
 	if h.byDir[oh.dir] != oh {
-		h.closeLocked(oh) // dropped from the registry while in use
+		old := h.retireLocked(oh) // dropped from the registry while in use
+		h.mu.Unlock()
+		h.shut(old)
 		return
 	}
 	oh.timer = time.AfterFunc(h.idleClose, func() {
 		h.mu.Lock()
-		defer h.mu.Unlock()
+		var old *openHome
 		if oh.refs == 0 && h.byDir[oh.dir] == oh {
 			delete(h.byDir, oh.dir)
-			h.closeLocked(oh)
+			old = h.retireLocked(oh)
+		}
+		h.mu.Unlock()
+		if old != nil {
+			h.shut(old)
 			if h.closed != nil {
-				h.closed(oh.dir)
+				h.closed(old.dir)
 			}
 		}
 	})
+	h.mu.Unlock()
 }
 
-// closeLocked closes a home that has left the registry, once nobody uses
-// it. Caller holds mu.
-func (h *homes) closeLocked(oh *openHome) {
-	if oh.refs > 0 || !isReady(oh) || oh.fs == nil {
-		return
+// retireLocked takes a home that has left the registry out of use, once
+// nobody uses it, and returns it for shut; nil if it is still in use, was
+// never opened, or is closing already. Caller holds mu, and calls shut
+// after unlocking it.
+func (h *homes) retireLocked(oh *openHome) *openHome {
+	if oh.refs > 0 || !isReady(oh) || oh.fs == nil || oh.closed != nil {
+		return nil
 	}
 	if oh.timer != nil {
 		oh.timer.Stop()
+		oh.timer = nil
 	}
-	oh.fs.Close()
-	oh.fs = nil
+	oh.closed = make(chan struct{})
+	h.closing[oh] = struct{}{}
+	return oh
 }
 
-// each calls fn for every open home.
+// shut closes retired homes (nil ones are skipped). It must not be called
+// with mu held: closing settles the home's usage with its ledger.
+func (h *homes) shut(ohs ...*openHome) {
+	for _, oh := range ohs {
+		if oh == nil {
+			continue
+		}
+		oh.fs.Close()
+		h.mu.Lock()
+		oh.fs = nil
+		delete(h.closing, oh)
+		h.mu.Unlock()
+		close(oh.closed)
+	}
+}
+
+// each calls fn for every open home. fn runs with mu held: it must not
+// block.
 func (h *homes) each(fn func(user string, oh *openHome)) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -194,26 +259,39 @@ func (h *homes) drop(names []string) {
 	for _, n := range names {
 		gone[n] = true
 	}
+	h.shut(h.retire(func(oh *openHome) bool { return gone[oh.user] })...)
+}
+
+// retire removes the homes that pass fn from the registry, and returns
+// those nobody uses, for shut.
+func (h *homes) retire(fn func(*openHome) bool) []*openHome {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	var old []*openHome
 	for dir, oh := range h.byDir {
-		if gone[oh.user] && isReady(oh) {
+		if isReady(oh) && fn(oh) {
 			delete(h.byDir, dir)
-			h.closeLocked(oh)
+			if r := h.retireLocked(oh); r != nil {
+				old = append(old, r)
+			}
 		}
 	}
+	return old
 }
 
 // closeAll closes every home nobody uses, and the rest as their sessions
-// end.
+// end; it returns once every close under way has ended, the ones started
+// before it included, so that the ledger has every lease back.
 func (h *homes) closeAll() {
+	h.shut(h.retire(func(*openHome) bool { return true })...)
 	h.mu.Lock()
-	defer h.mu.Unlock()
-	for dir, oh := range h.byDir {
-		if isReady(oh) {
-			delete(h.byDir, dir)
-			h.closeLocked(oh)
-		}
+	var pending []chan struct{}
+	for oh := range h.closing {
+		pending = append(pending, oh.closed)
+	}
+	h.mu.Unlock()
+	for _, c := range pending {
+		<-c
 	}
 }
 

@@ -3,10 +3,13 @@ package sshd_test
 import (
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"silo/sshd"
+	"silo/vfs"
 )
 
 // Opening a home (the walk that counts it) holds up nobody else: while one
@@ -91,5 +94,153 @@ func TestHomesCloseWhenIdleAndFollowTheDisk(t *testing.T) {
 	}
 	if u := used(keep); u != 1000 {
 		t.Fatalf("the session on the old home sees %d, want 1000", u)
+	}
+}
+
+// heldLedger is a usage ledger for every user of a server whose first
+// Close for one user waits until the test lets it go, as a database that
+// does not answer holds it for its timeout. It records every Open of a user
+// whose previous home is still closing.
+type heldLedger struct {
+	hold    string        // the user whose first Close is held
+	held    chan struct{} // closed once that Close has started
+	release chan struct{} // closed by the test to let it end
+	once    sync.Once
+
+	mu        sync.Mutex
+	committed map[string]vfs.Usage
+	closing   map[string]bool
+	opens     map[string]int
+	overlaps  []string
+}
+
+func newHeldLedger(hold string) *heldLedger {
+	return &heldLedger{hold: hold, held: make(chan struct{}), release: make(chan struct{}),
+		committed: map[string]vfs.Usage{}, closing: map[string]bool{}, opens: map[string]int{}}
+}
+
+func (l *heldLedger) of(user string) vfs.Ledger { return userLedger{l, user} }
+
+type userLedger struct {
+	l    *heldLedger
+	user string
+}
+
+func (u userLedger) Open(found vfs.Usage) (vfs.Usage, error) {
+	u.l.mu.Lock()
+	defer u.l.mu.Unlock()
+	if u.l.closing[u.user] {
+		u.l.overlaps = append(u.l.overlaps, u.user)
+	}
+	u.l.opens[u.user]++
+	u.l.committed[u.user] = found
+	return found, nil
+}
+
+// Settle grants what is asked: the users of these tests have no quota.
+func (u userLedger) Settle(_ vfs.Limits, delta, need, extra vfs.Usage) (vfs.Usage, vfs.Usage, error) {
+	u.l.mu.Lock()
+	defer u.l.mu.Unlock()
+	c := u.l.committed[u.user]
+	c.Bytes += delta.Bytes
+	c.Files += delta.Files
+	u.l.committed[u.user] = c
+	return vfs.Usage{Bytes: need.Bytes + extra.Bytes, Files: need.Files + extra.Files}, c, nil
+}
+
+func (u userLedger) Recount(found vfs.Usage) error {
+	u.l.mu.Lock()
+	defer u.l.mu.Unlock()
+	u.l.committed[u.user] = found
+	return nil
+}
+
+func (u userLedger) Close() {
+	u.l.mu.Lock()
+	u.l.closing[u.user] = true
+	u.l.mu.Unlock()
+	if u.user == u.l.hold {
+		u.l.once.Do(func() {
+			close(u.l.held)
+			<-u.l.release
+		})
+	}
+	u.l.mu.Lock()
+	u.l.closing[u.user] = false
+	u.l.mu.Unlock()
+}
+
+// Closing a home (which settles its usage with the ledger, a database that
+// may not answer) holds up nobody else: while one home's close is held in
+// its ledger, another user logs in and transfers; and the same user, back
+// meanwhile, waits for the close to end before the home is opened again,
+// so that the old instance's last settle and the new one's count never
+// overlap.
+func TestHomeCloseDoesNotBlockOthers(t *testing.T) {
+	needClient(t, "sftp")
+	l := newHeldLedger("big")
+	ts := startServerWith(t, t.TempDir(), sshd.DefaultLimits(), testPenalties(), func(c *sshd.Config) { c.Ledger = l.of })
+	var letGo sync.Once
+	release := func() { letGo.Do(func() { close(l.release) }) }
+	t.Cleanup(release) // before the server's cleanup, which waits for every close
+	ts.addUser("big", "", "bob")
+	ts.addUser("alice", "", "alice")
+	bigHome, _ := filepath.EvalSymlinks(ts.home("big"))
+	sshd.SetHomeHooks(ts.srv, time.Millisecond, nil, nil)
+	waited := make(chan struct{}, 1)
+	sshd.SetHomeWaitHook(ts.srv, func(dir string) {
+		if dir == bigHome {
+			select {
+			case waited <- struct{}{}:
+			default:
+			}
+		}
+	})
+	type result struct {
+		out string
+		err error
+	}
+	sftp := func(user, key, batch string) <-chan result {
+		c := make(chan result, 1)
+		go func() {
+			out, err := ts.sftpBatch(user, auth{key: key}, batch)
+			c <- result{out, err}
+		}()
+		return c
+	}
+	// Bounds for a test that would hang, not speed floors.
+	wait := func(what string, c <-chan struct{}) {
+		t.Helper()
+		select {
+		case <-c:
+		case <-time.After(time.Minute):
+			t.Fatalf("never: %s", what)
+		}
+	}
+	if r := <-sftp("big", "bob", "put /etc/hostname h\n"); r.err != nil {
+		t.Fatalf("big: %v\n%s", r.err, r.out)
+	}
+	wait("big's home closed for being idle", l.held)
+
+	select {
+	case r := <-sftp("alice", "alice", "put /etc/hostname h\nls -l h\n"):
+		if r.err != nil {
+			t.Fatalf("alice while big's home is being closed: %v\n%s", r.err, r.out)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("alice's session waited for big's home to close")
+	}
+
+	again := sftp("big", "bob", "ls -l h\n")
+	wait("big's new session waiting for his home's close", waited)
+	release()
+	if r := <-again; r.err != nil || !strings.Contains(r.out, " h\n") {
+		t.Fatalf("big after the close: %v\n%s", r.err, r.out)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.overlaps) > 0 || l.opens["big"] != 2 {
+		t.Fatalf("big's home opened %d times, %d of them while the previous one was closing; want 2 and none",
+			l.opens["big"], len(l.overlaps))
 	}
 }
