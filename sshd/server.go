@@ -62,7 +62,16 @@ type Config struct {
 	// Penalised, if set, is told of every penalty a source earns here,
 	// for servers that share penalties (see Server.Penalise).
 	Penalised func(a netip.Addr, d time.Duration)
-	Logger    *slog.Logger
+	// ProxyProtocol lists the sources (a load balancer's addresses) that
+	// must open every connection with a PROXY protocol header, whose
+	// client address then stands for the connection everywhere: limits,
+	// penalties, allow_from, logs, status, hooks (see proxy.go). A
+	// connection from elsewhere is taken as it comes. Empty: off.
+	ProxyProtocol []netip.Prefix
+	// ProxyHeaderTimeout bounds the wait for that header; 0 means
+	// defaultProxyHeaderTimeout.
+	ProxyHeaderTimeout time.Duration
+	Logger             *slog.Logger
 	// Monitor receives every connection, transfer and change (package
 	// activity); New subscribes the audit log, written to Logger, to it.
 	// nil: a monitor of the server's own.
@@ -94,7 +103,10 @@ type Server struct {
 	all       map[*connState]struct{}            // every open connection, logged in or not
 	conns     map[string]map[*connState]struct{} // logged-in connections by user
 	listeners map[net.Listener]struct{}
-	closing   bool // Shutdown or Close was called: no new connection is served
+	heading   map[net.Conn]struct{} // accepted, their PROXY header not read yet
+	closing   bool                  // Shutdown or Close was called: no new connection is served
+
+	proxyHeaderTimeout time.Duration
 
 	draining atomic.Bool // Shutdown: connections close as soon as nothing is transferred
 }
@@ -116,6 +128,11 @@ func New(cfg Config) (*Server, error) {
 		cfg.Limits.MaxOpenHandlesPerUser <= 0 {
 		return nil, errors.New("sshd: LoginGraceTime, MaxSessions, MaxOpenHandles and MaxOpenHandlesPerUser must be positive")
 	}
+	for _, p := range cfg.ProxyProtocol {
+		if !p.IsValid() {
+			return nil, errors.New("sshd: an invalid ProxyProtocol prefix")
+		}
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -132,6 +149,9 @@ func New(cfg Config) (*Server, error) {
 		conns: make(map[string]map[*connState]struct{}),
 
 		listeners: make(map[net.Listener]struct{}),
+		heading:   make(map[net.Conn]struct{}),
+
+		proxyHeaderTimeout: cmp.Or(cfg.ProxyHeaderTimeout, defaultProxyHeaderTimeout),
 	}
 	var fdLimit int64
 	fdLimit, s.maxHandles = fdBudget()
@@ -213,7 +233,9 @@ func (s *Server) Serve(l net.Listener) error {
 		s.mu.Unlock()
 		go func() {
 			defer s.wg.Done()
-			s.serveConn(c)
+			if c := s.proxied(c); c != nil {
+				s.serveConn(c)
+			}
 		}()
 	}
 }
@@ -257,6 +279,9 @@ func (s *Server) stop(drain bool, quit func(*connState) bool) {
 	}
 	for l := range s.listeners {
 		l.Close()
+	}
+	for c := range s.heading {
+		c.Close()
 	}
 	var close []*connState
 	for st := range s.all {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -32,6 +33,7 @@ type Config struct {
 	AdminSocket   string         `toml:"admin_socket"`
 	MetricsListen string         `toml:"metrics_listen"`
 	MetricsUsers  bool           `toml:"metrics_per_user"`
+	ProxyProtocol []netip.Prefix `toml:"proxy_protocol"`
 	Limits        sshd.Limits    `toml:"limits"`
 	Penalties     sshd.Penalties `toml:"penalties"`
 	Hooks         []hooks.Config `toml:"hooks"`
@@ -151,6 +153,14 @@ func (c *Config) Validate() error {
 			fail("metrics_listen: %q is not HOST:PORT: %v", c.MetricsListen, err)
 		} else if n, err := strconv.ParseUint(port, 10, 16); err != nil || (n == 0 && port != "0") {
 			fail("metrics_listen: bad port %q", port)
+		}
+	}
+	for _, p := range c.ProxyProtocol {
+		switch {
+		case p.Bits() == 0:
+			fail("proxy_protocol: %s trusts every address: any client could choose the address it is seen from; list the balancers' addresses", p)
+		case p != p.Masked():
+			fail("proxy_protocol: %s has bits set past its /%d: write %s, or %s for that address alone", p, p.Bits(), p.Masked(), netip.PrefixFrom(p.Addr(), p.Addr().BitLen()))
 		}
 	}
 	for i := range c.Hooks {

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"reflect"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -92,7 +93,7 @@ func serve(args []string, stderr io.Writer) error {
 	}
 	defer obs.close()
 	scfg := sshd.Config{HostSigners: signers, Users: store, Homes: cfg.Homes, Fsync: cfg.Fsync,
-		Limits: cfg.Limits, Penalties: cfg.Penalties, Logger: log, Monitor: obs.mon}
+		Limits: cfg.Limits, Penalties: cfg.Penalties, ProxyProtocol: cfg.ProxyProtocol, Logger: log, Monitor: obs.mon}
 	if db != nil {
 		scfg.Users, scfg.Ledger, scfg.Penalised = clusterUsers{store, db}, db.Ledger, db.SharePenalty
 	}
@@ -250,8 +251,9 @@ func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, configPath string, c
 			if nc.Listen != cfg.Listen || nc.Homes != cfg.Homes || nc.HostKeys != cfg.HostKeys ||
 				nc.Users != cfg.Users || nc.Fsync != cfg.Fsync || nc.LogFormat != cfg.LogFormat ||
 				nc.AdminSocket != cfg.AdminSocket || nc.MetricsListen != cfg.MetricsListen ||
-				nc.MetricsUsers != cfg.MetricsUsers || !reflect.DeepEqual(nc.Hooks, cfg.Hooks) || nc.Store != cfg.Store {
-				log.Warn("config reloaded; listen, homes, host_keys, users, fsync, log_format, admin_socket, metrics, hooks and store take effect at the next start")
+				nc.MetricsUsers != cfg.MetricsUsers || !reflect.DeepEqual(nc.Hooks, cfg.Hooks) || nc.Store != cfg.Store ||
+				!slices.Equal(nc.ProxyProtocol, cfg.ProxyProtocol) {
+				log.Warn("config reloaded; listen, homes, host_keys, users, fsync, log_format, admin_socket, metrics, hooks, store and proxy_protocol take effect at the next start")
 			} else {
 				log.Info("config reloaded")
 			}
