@@ -7,83 +7,29 @@ import (
 	"net/netip"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/pires/go-proxyproto"
 	"golang.org/x/crypto/ssh"
 
 	"silo/activity"
+	"silo/internal/proxytest"
 	"silo/sshd"
 	"silo/users"
 )
 
-// balancer is a TCP proxy in front of a test server, as a load balancer
-// is: it connects to the server from the loopback address from and, if
-// client is valid, writes a PROXY protocol v2 header naming client before
-// it pipes the bytes both ways. It ends with the test.
+// balancer is a load balancer in front of a test server (package
+// proxytest).
 type balancer struct {
 	port string
 }
 
+// balancer starts one that connects from the loopback address from and,
+// if client is valid, names client in a PROXY v2 header.
 func (ts *testServer) balancer(from string, client netip.AddrPort) *balancer {
-	t := ts.t
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		conns []net.Conn
-	)
-	track := func(c net.Conn) {
-		mu.Lock()
-		conns = append(conns, c)
-		mu.Unlock()
-	}
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Go(func() {
-		for {
-			down, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			track(down)
-			up, err := ts.dialFrom(from)
-			if err != nil {
-				down.Close()
-				continue
-			}
-			track(up)
-			if client.IsValid() {
-				h := proxyproto.HeaderProxyFromAddrs(2, net.TCPAddrFromAddrPort(client), up.RemoteAddr())
-				if _, err := h.WriteTo(up); err != nil {
-					up.Close()
-					down.Close()
-					continue
-				}
-			}
-			pipe := func(dst, src net.Conn) {
-				io.Copy(dst, src)
-				dst.(*net.TCPConn).CloseWrite()
-			}
-			wg.Go(func() { pipe(up, down) })
-			wg.Go(func() { pipe(down, up) })
-		}
-	})
+	addr := proxytest.Start(ts.t, func() (net.Conn, error) { return ts.dialFrom(from) }, client)
 	b := &balancer{}
-	_, b.port, _ = net.SplitHostPort(ln.Addr().String())
+	_, b.port, _ = net.SplitHostPort(addr)
 	return b
 }
 

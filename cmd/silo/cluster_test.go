@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +24,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"silo/internal/pgtest"
+	"silo/internal/proxytest"
 	"silo/vfs"
 )
 
@@ -588,6 +590,157 @@ func TestClusterOneWriterPerFile(t *testing.T) {
 		}
 		if err := sc[1].PosixRename(target, "moved"); err != nil {
 			t.Fatalf("%s: rename once closed: %v", tc.name, err)
+		}
+	}
+}
+
+// sftpBatch runs OpenSSH's sftp against node s as user, with the key in
+// keyFile.
+func (c *testCluster) sftpBatch(s *server, user, keyFile, batch string) (string, error) {
+	port := s.addr[strings.LastIndexByte(s.addr, ':')+1:]
+	cmd := exec.Command("sftp", "-F", "/dev/null", "-P", port, "-i", keyFile,
+		"-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "IdentityAgent=none",
+		"-o", "LogLevel=ERROR", "-b", "-", user+"@127.0.0.1")
+	cmd.Stdin = strings.NewReader(batch)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// SIGTERM on one node of three: the upload running through it goes on to
+// the end while the node takes no new connection, the two others serve
+// new logins and transfers meanwhile, and the drained node gives its
+// leases back and leaves: the ledger is exact after.
+func TestClusterSIGTERMDrainsOneNode(t *testing.T) {
+	t.Parallel()
+	needSFTP(t)
+	// A grace no loaded machine runs out of: the upload, not the clock,
+	// decides when the node exits.
+	c := startClusterWith(t, 3, "shutdown_grace = \"10m\"\n"+exemptLoopback)
+	key := c.addUser(t, "alice", "--quota", "1GiB")
+	cl, err := clusterDial(t, c.nodes[0], "alice", key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	sc, err := sftp.NewClient(cl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 8<<20)
+	rand.Read(data)
+	f, err := sc.Create("draining")
+	if err != nil {
+		t.Fatal(err)
+	}
+	half := len(data) / 2
+	if _, err := f.Write(data[:half]); err != nil {
+		t.Fatal(err)
+	}
+	var leased int64
+	c.query(t, "SELECT coalesce(sum(bytes), 0) FROM silo_leases WHERE node = $1", []any{c.ids[0]}, &leased)
+	if leased < int64(half) {
+		t.Fatalf("node 0 leases %d bytes for an upload %d bytes in", leased, half)
+	}
+
+	c.nodes[0].cmd.Process.Signal(syscall.SIGTERM)
+	c.nodes[0].log.waitCount(t, "waiting for transfers to finish\" transfers=1", 1)
+	if conn, err := net.Dial("tcp", c.nodes[0].addr); err == nil {
+		conn.Close()
+		t.Error("the draining node accepted a new connection")
+	}
+	local := filepath.Join(t.TempDir(), "small")
+	os.WriteFile(local, []byte("through another node"), 0o644)
+	bob := c.addUser(t, "bob")
+	for i, s := range c.nodes[1:] {
+		for _, u := range []struct{ name, key string }{{"alice", key}, {"bob", bob}} {
+			name := fmt.Sprintf("from-node%d", i+1)
+			if out, err := c.sftpBatch(s, u.name, u.key, fmt.Sprintf("put %s %s\nls -l %s\n", local, name, name)); err != nil {
+				t.Fatalf("%s through node %d while node 0 drains: %v\n%s", u.name, i+1, err, out)
+			}
+		}
+	}
+
+	if _, err := f.Write(data[half:]); err != nil {
+		t.Fatalf("the upload on the draining node: %v", err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatalf("closing the upload on the draining node: %v", err)
+	}
+	if err := c.nodes[0].wait(); err != nil {
+		t.Fatalf("node 0 after SIGTERM: %v", err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(c.homes, "alice", "draining")); !bytes.Equal(got, data) {
+		t.Fatalf("the upload through the drained node differs (%d of %d bytes)", len(got), len(data))
+	}
+	var leases, member int
+	c.query(t, "SELECT count(*) FROM silo_leases WHERE node = $1", []any{c.ids[0]}, &leases)
+	c.query(t, "SELECT count(*) FROM silo_nodes WHERE id = $1", []any{c.ids[0]}, &member)
+	if leases != 0 || member != 0 {
+		t.Fatalf("after node 0 stopped: %d leases of it, member %d; want none", leases, member)
+	}
+	want := int64(len(data)) + 2*int64(len("through another node"))
+	if u := c.waitLedger(t, "alice"); u.Bytes != want || u.Files != 3 {
+		t.Fatalf("ledger of alice: %+v, want %d bytes in 3 files", u, want)
+	}
+}
+
+func needSFTP(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("sftp"); err != nil {
+		if os.Getenv("SILO_REQUIRE_CLIENTS") != "" {
+			t.Fatal("needs OpenSSH's sftp")
+		}
+		t.Skip("needs OpenSSH's sftp")
+	}
+}
+
+// Two nodes behind a balancer that sends the PROXY protocol: each logs
+// the client's address, and a client blocked for failed logins on one node
+// is blocked on the other, while the balancer's other clients go on; a
+// connection from the balancer's address without a header is refused.
+func TestClusterBehindBalancer(t *testing.T) {
+	t.Parallel()
+	needSFTP(t)
+	c := startClusterWith(t, 2, `proxy_protocol = ["127.0.0.1/32"]
+
+[penalties]
+authfail = "1m"
+min = "15s"
+max = "10m"`)
+	key := c.addUser(t, "alice")
+	through := func(s *server, client string) *server {
+		return &server{addr: proxytest.Start(t, proxytest.From("127.0.0.1", s.addr), netip.MustParseAddrPort(client))}
+	}
+	for i, s := range c.nodes {
+		if out, err := c.sftpBatch(through(s, "203.0.113.7:40001"), "alice", key, "ls\n"); err != nil {
+			t.Fatalf("node %d through the balancer: %v\n%s", i, err, out)
+		}
+		s.log.waitCount(t, "msg=login remote=203.0.113.7:40001 user=alice", 1)
+	}
+
+	_, wrong, _ := ed25519.GenerateKey(rand.Reader)
+	signer, _ := ssh.NewSignerFromKey(wrong)
+	if cl, err := dialSilo(through(c.nodes[0], "198.51.100.20:40002").addr, "alice", ssh.InsecureIgnoreHostKey(), ssh.PublicKeys(signer)); err == nil {
+		cl.Close()
+		t.Fatal("a wrong key logged in")
+	}
+	for _, s := range c.nodes {
+		s.log.waitCount(t, "source blocked\" source=198.51.100.20/32", 1)
+	}
+	if out, err := c.sftpBatch(through(c.nodes[1], "198.51.100.20:40003"), "alice", key, "ls\n"); err == nil {
+		t.Errorf("node 1 let in a client blocked on node 0:\n%s", out)
+	}
+	if out, err := c.sftpBatch(through(c.nodes[1], "203.0.113.7:40004"), "alice", key, "ls\n"); err != nil {
+		t.Errorf("another client of the balancer, after the block: %v\n%s", err, out)
+	}
+
+	if _, err := dialSilo(c.nodes[1].addr, "alice", ssh.InsecureIgnoreHostKey(), keyAuth(t, key)); err == nil {
+		t.Error("a connection from the balancer's address without a PROXY header logged in")
+	}
+	c.nodes[1].log.waitCount(t, "connection from a trusted proxy refused", 1)
+	for _, s := range c.nodes {
+		if strings.Contains(s.log.String(), "source=127.0.0.1") {
+			t.Error("the balancer's own address was penalised")
 		}
 	}
 }
