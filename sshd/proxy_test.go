@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -63,20 +64,33 @@ func (b *balancer) login(ts *testServer, user, key string) (*ssh.Client, error) 
 	return ssh.NewClient(cc, chans, reqs), nil
 }
 
+// eventLog is a monitor's subscriber that keeps every event.
+type eventLog struct {
+	mu   sync.Mutex
+	list []activity.Event
+}
+
+func (l *eventLog) Observe(e activity.Event) {
+	l.mu.Lock()
+	l.list = append(l.list, e)
+	l.mu.Unlock()
+}
+
 // proxyServer starts a server that takes PROXY headers from 127.0.0.1
 // only, waiting for one for as long as wait, with penalties that block a
-// source after one failed login.
-func proxyServer(t *testing.T, wait time.Duration) (*testServer, *activity.Monitor) {
+// source after one failed login; its monitor's events are kept.
+func proxyServer(t *testing.T, wait time.Duration) (*testServer, *activity.Monitor, *eventLog) {
 	pen := testPenalties()
 	pen.AuthFail, pen.Min = time.Minute, 15*time.Second
-	mon := activity.New(nil)
+	mon, events := activity.New(nil), &eventLog{}
+	mon.Subscribe(events)
 	ts := startServerWith(t, t.TempDir(), sshd.DefaultLimits(), pen, func(c *sshd.Config) {
 		c.ProxyProtocol = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
 		c.ProxyHeaderTimeout = wait
 		c.Monitor = mon
 	})
 	ts.addUser("alice", "", "alice")
-	return ts, mon
+	return ts, mon, events
 }
 
 // Behind a balancer that sends the PROXY protocol, the client's address
@@ -85,7 +99,7 @@ func proxyServer(t *testing.T, wait time.Duration) (*testServer, *activity.Monit
 // balancer.
 func TestProxyProtocolClientAddress(t *testing.T) {
 	needClient(t, "sftp")
-	ts, mon := proxyServer(t, time.Hour)
+	ts, mon, events := proxyServer(t, time.Hour)
 	client := netip.MustParseAddrPort("203.0.113.7:40001")
 	lb := ts.balancer("127.0.0.1", client)
 	alice := auth{key: "alice"}
@@ -95,7 +109,22 @@ func TestProxyProtocolClientAddress(t *testing.T) {
 	}
 	ts.logs.waitFor(t, "msg=login remote=203.0.113.7:40001 user=alice")
 	ts.logs.waitFor(t, "msg=transfer")
-	ts.logs.waitFor(t, `remote=203.0.113.7:40001`)
+	for _, line := range strings.Split(ts.logs.String(), "\n") {
+		if strings.Contains(line, "msg=transfer") && !strings.Contains(line, "remote=203.0.113.7:40001") {
+			t.Errorf("the audit log's transfer line does not name the client: %s", line)
+		}
+	}
+	// What hooks and metrics are told (the monitor's events).
+	events.mu.Lock()
+	for _, e := range events.list {
+		if e.Remote != client.String() {
+			t.Errorf("a %v event names %q, want the client %s", e.Kind, e.Remote, client)
+		}
+	}
+	if len(events.list) == 0 {
+		t.Error("no event reached the monitor's subscribers")
+	}
+	events.mu.Unlock()
 
 	c, err := lb.login(ts, "alice", "alice")
 	if err != nil {
@@ -146,7 +175,7 @@ func TestProxyProtocolClientAddress(t *testing.T) {
 // address is never taken; a trusted source must send one.
 func TestProxyProtocolTrust(t *testing.T) {
 	needClient(t, "sftp")
-	ts, _ := proxyServer(t, time.Hour)
+	ts, _, _ := proxyServer(t, time.Hour)
 	alice := auth{key: "alice"}
 	ts.set("alice", func(u *users.User) { u.AllowFrom = []string{"203.0.113.0/24"} })
 
@@ -179,7 +208,7 @@ func TestProxyProtocolTrust(t *testing.T) {
 // the server runs, the others are served.
 func TestProxyProtocolHeaderWait(t *testing.T) {
 	needClient(t, "sftp")
-	short, _ := proxyServer(t, 10*time.Millisecond)
+	short, _, _ := proxyServer(t, 10*time.Millisecond)
 	silent, err := short.dialFrom("127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
@@ -191,7 +220,7 @@ func TestProxyProtocolHeaderWait(t *testing.T) {
 	}
 	short.logs.waitFor(t, `msg="connection from a trusted proxy refused: no PROXY header" proxy=127.0.0.1:`)
 
-	long, _ := proxyServer(t, time.Hour)
+	long, _, _ := proxyServer(t, time.Hour)
 	waiting, err := long.dialFrom("127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
