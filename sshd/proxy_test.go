@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pires/go-proxyproto"
 	"golang.org/x/crypto/ssh"
 
 	"silo/activity"
@@ -196,6 +197,23 @@ func TestProxyProtocolTrust(t *testing.T) {
 		t.Errorf("a trusted source logged in without a PROXY header:\n%s", out)
 	}
 	ts.logs.waitFor(t, `msg="connection from a trusted proxy refused: it does not start with a PROXY header" proxy=127.0.0.1:`)
+	// A LOCAL header (the balancer's own connection, a health check): the
+	// connection is the balancer's.
+	conn, err := ts.dialFrom("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := &proxyproto.Header{Version: 2, Command: proxyproto.LOCAL, TransportProtocol: proxyproto.UNSPEC}
+	if _, err := local.WriteTo(conn); err != nil {
+		t.Fatal(err)
+	}
+	cc, chans, reqs, err := ssh.NewClientConn(conn, ts.addr, ts.clientConfig("alice", ssh.PublicKeys(shared.keys["alice"].signer)))
+	if err != nil {
+		t.Fatalf("login after a LOCAL header: %v", err)
+	}
+	ssh.NewClient(cc, chans, reqs).Close()
+	ts.logs.waitFor(t, "msg=login remote="+conn.LocalAddr().String()+" user=alice")
+
 	// ... and from anywhere else, without one, in as always.
 	lb := ts.balancer("127.0.0.3", netip.AddrPort{})
 	if out, err := lb.sftp(ts, "alice", alice, "ls\n"); err != nil {
