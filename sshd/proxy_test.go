@@ -255,3 +255,41 @@ func TestProxyProtocolHeaderWait(t *testing.T) {
 		t.Fatalf("after Close, the connection awaiting its header: read %d, %v; want closed", n, err)
 	}
 }
+
+// The pre-auth limits count the client a balancer names: with one
+// unauthenticated connection allowed per source, a second one of the same
+// client is refused, one of another client of the same balancer is not.
+func TestProxyProtocolStartupsPerClient(t *testing.T) {
+	lim := sshd.DefaultLimits()
+	lim.PerSourceMaxStartups = 1
+	ts := startServerWith(t, t.TempDir(), lim, testPenalties(), func(c *sshd.Config) {
+		c.ProxyProtocol = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
+	})
+	// open connects through a balancer that names client, and returns
+	// the first line the server sends: its version line if it admitted
+	// the connection, "" if it closed it.
+	open := func(client string) string {
+		b := ts.balancer("127.0.0.1", netip.MustParseAddrPort(client))
+		c, err := net.Dial("tcp", "127.0.0.1:"+b.port)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetReadDeadline(time.Now().Add(time.Minute)) // a hang bound
+		line := make([]byte, len("SSH-2.0-silo"))
+		if _, err := io.ReadFull(c, line); err != nil {
+			return ""
+		}
+		return string(line)
+	}
+	if got := open("203.0.113.7:40001"); got != "SSH-2.0-silo" {
+		t.Fatalf("first connection of a client: %q, want silo's version line", got)
+	}
+	if got := open("203.0.113.7:40002"); got != "" {
+		t.Errorf("second unauthenticated connection of the same client: %q, want it refused", got)
+	}
+	ts.logs.waitFor(t, `msg="connection refused" remote=203.0.113.7:40002 reason="per-source startups"`)
+	if got := open("203.0.113.8:40003"); got != "SSH-2.0-silo" {
+		t.Errorf("another client of the same balancer: %q, want silo's version line", got)
+	}
+}
