@@ -253,13 +253,18 @@ func (h *homes) each(fn func(user string, oh *openHome)) {
 }
 
 // drop removes the named users' homes from the registry; each closes when
-// its last session ends.
+// its last session ends. Those nobody uses close apart from the caller,
+// which is the one goroutine that applies every account change (on a
+// cluster, as the database pushes them): a ledger that is slow to answer
+// must not hold up the changes behind it. closeAll waits for those closes.
 func (h *homes) drop(names []string) {
 	gone := make(map[string]bool, len(names))
 	for _, n := range names {
 		gone[n] = true
 	}
-	h.shut(h.retire(func(oh *openHome) bool { return gone[oh.user] })...)
+	if old := h.retire(func(oh *openHome) bool { return gone[oh.user] }); len(old) > 0 {
+		go h.shut(old...)
+	}
 }
 
 // retire removes the homes that pass fn from the registry, and returns

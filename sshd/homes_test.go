@@ -3,12 +3,14 @@ package sshd_test
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"silo/sshd"
+	"silo/users"
 	"silo/vfs"
 )
 
@@ -243,4 +245,56 @@ func TestHomeCloseDoesNotBlockOthers(t *testing.T) {
 		t.Fatalf("big's home opened %d times, %d of them while the previous one was closing; want 2 and none",
 			l.opens["big"], len(l.overlaps))
 	}
+}
+
+// Removing a user whose home is open closes that home apart: the account
+// change, and every change behind it, is applied while the ledger holds
+// the close.
+func TestRemovedUsersHomeClosesApart(t *testing.T) {
+	needClient(t, "sftp")
+	l := newHeldLedger("big")
+	ts := startServerWith(t, t.TempDir(), sshd.DefaultLimits(), testPenalties(), func(c *sshd.Config) { c.Ledger = l.of })
+	var letGo sync.Once
+	release := func() { letGo.Do(func() { close(l.release) }) }
+	t.Cleanup(release) // before the server's cleanup, which waits for every close
+	ts.addUser("big", "", "bob")
+	ts.addUser("alice", "", "alice")
+	sshd.SetHomeHooks(ts.srv, time.Hour, nil, nil)
+	if out, err := ts.sftpBatch("big", auth{key: "bob"}, "put /etc/hostname h\n"); err != nil {
+		t.Fatalf("big: %v\n%s", err, out)
+	}
+
+	applied := make(chan error, 1)
+	go func() {
+		err := users.Update(ts.usersFile, func(f *users.File) error {
+			f.Users = slices.DeleteFunc(f.Users, func(u users.User) bool { return u.Name == "big" })
+			return nil
+		})
+		if err == nil {
+			var removed []string
+			if removed, err = ts.store.Reload(); err == nil {
+				ts.srv.Reloaded(removed)
+			}
+		}
+		applied <- err
+	}()
+	// Bounds for a test that would hang, not speed floors.
+	select {
+	case <-l.held:
+	case <-time.After(time.Minute):
+		t.Fatal("never: big's home closed after big was removed")
+	}
+	select {
+	case err := <-applied:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("removing big waited for his home's ledger to close")
+	}
+	ts.addUser("carol", "", "alice")
+	if out, err := ts.sftpBatch("carol", auth{key: "alice"}, "put /etc/hostname h\n"); err != nil {
+		t.Fatalf("carol, added while big's home is closing: %v\n%s", err, out)
+	}
+	release()
 }
