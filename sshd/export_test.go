@@ -30,3 +30,10 @@ func (s *Server) AddTestCommand(name string, fn func(ctx context.Context, stdin 
 // SetRateClock makes the rate limits of homes opened from now on measure
 // time with, and wait on, c.
 func SetRateClock(s *Server, c vfs.Clock) { s.homes.clock = c }
+
+// SetSFTPIdle sets how long an SFTP session's RequestServer is kept with
+// nothing to do, and a hook told of each idle check: ended, or kept for
+// the handles it has open.
+func SetSFTPIdle(s *Server, idle time.Duration, hook func(ended bool)) {
+	s.rsIdle, s.rsIdleHook = idle, hook
+}

@@ -171,8 +171,13 @@ func TestRequestBehindItsOpenWaits(t *testing.T) {
 	ts := startServer(t)
 	ts.addUser("alice", "", "alice")
 	c := ts.rawSFTP("alice", "alice")
+	// A handle kept open keeps the session's RequestServer, which numbers
+	// its handles from 1.
+	if r := c.call(fxpOpendir, str("/")); r.str != "1" {
+		t.Fatalf("opendir: %+v", r)
+	}
 	for i := range 100 {
-		handle := str(strconv.Itoa(i + 1)) // pkg/sftp numbers its handles from 1
+		handle := str(strconv.Itoa(i + 2))
 		c.writePacket(fxpOpen, u32(uint32(3*i+1)), str(fmt.Sprintf("/f%d", i)), u32(fxfWrite|fxfCreat), u32(0))
 		c.writePacket(fxpWrite, u32(uint32(3*i+2)), handle, u64(0), str("data"))
 		c.writePacket(fxpClose, u32(uint32(3*i+3)), handle)

@@ -97,6 +97,12 @@ type Server struct {
 	// that works for as long as a test says.
 	testCommands map[string]func(ctx context.Context, stdin io.Reader, stdout io.Writer) int
 
+	// How long an SFTP session's RequestServer is kept with nothing to
+	// do (0: defaultRSIdle), and a hook told of each idle check; set by
+	// tests (export_test.go).
+	rsIdle     time.Duration
+	rsIdleHook func(ended bool)
+
 	wg sync.WaitGroup // one per accepted connection, done when everything it started has ended
 
 	mu        sync.Mutex

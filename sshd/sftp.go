@@ -8,6 +8,7 @@ package sshd
 // sftpext.go answers the extensions pkg/sftp does not know.
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -84,21 +85,27 @@ func init() {
 }
 
 // serveSFTP runs an SFTP session on ch until the client ends it or ctx is
-// done: pkg/sftp's RequestServer with h as its handlers, behind the stream
-// (sftpstream.go), which serves READ and WRITE on h's files itself. No
-// allocator: its pages stay with a session for its whole life.
+// done: the stream (sftpstream.go) reads the requests, serves READ and
+// WRITE on h's files itself and hands the others on to pkg/sftp's
+// RequestServer, with h as its handlers, which it runs only while there
+// are such requests. No allocator: its pages would stay with a session
+// for its whole life.
 func serveSFTP(ctx context.Context, ch io.ReadWriteCloser, h *sftpHandler, touch func(), quirks clientQuirks) error {
 	stream := newSFTPStream(ctx, ch, touch, int(h.maxHandles), h.acct.inflight)
 	stream.quirks = quirks
+	stream.log = h.log
 	h.stream = stream
 	stream.ext = h.extension
+	handlers := sftp.Handlers{FileGet: h, FilePut: h, FileCmd: h, FileList: h}
+	stream.newRS = func(c io.ReadWriteCloser) *sftp.RequestServer {
+		return sftp.NewRequestServer(c, handlers, sftp.WithRSMaxTxPacket(maxSFTPData))
+	}
+	stream.idle, stream.onIdle = cmp.Or(h.st.s.rsIdle, defaultRSIdle), h.st.s.rsIdleHook
 	// When the channel or the connection goes, nothing more will be
 	// answered: wake a reader that waits for a reply.
 	defer context.AfterFunc(ctx, stream.shut)()
 	defer stream.releaseAll()
-	rs := sftp.NewRequestServer(stream, sftp.Handlers{FileGet: h, FilePut: h, FileCmd: h, FileList: h},
-		sftp.WithRSMaxTxPacket(maxSFTPData))
-	return rs.Serve()
+	return stream.serve()
 }
 
 // Fileread opens a file for reading.

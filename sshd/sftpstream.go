@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/pkg/sftp"
 	"golang.org/x/sync/semaphore"
@@ -60,6 +63,11 @@ const (
 	fxOpUnsupported    = 8
 )
 
+// defaultRSIdle is how long a session's RequestServer is kept once it has
+// nothing to do: long enough for the requests of one command of a person's
+// sftp, short against the time between them.
+const defaultRSIdle = time.Second
+
 // smallBody is the largest request body the stream reads into a buffer it
 // keeps: the heads of READ and WRITE, opens and closes of usual paths.
 const smallBody = 4 << 10
@@ -74,16 +82,19 @@ type inflight struct {
 	bulk bool // a READ or WRITE: the account's budget too
 }
 
-// sftpStream sits between the session channel and pkg/sftp's RequestServer.
-// pkg/sftp parses requests, runs them on silo's handlers (sftp.go) and
-// orders the replies; the stream reads each packet's head on the way in and
-// out, and adds what pkg/sftp does not do:
+// sftpStream reads an SFTP session's requests from its channel. It serves
+// some itself and hands the others on to pkg/sftp's RequestServer, which
+// parses them, runs them on silo's handlers (sftp.go) and orders its
+// replies; the stream reads each reply's head on the way out. What it adds
+// to pkg/sftp:
 //
 //   - READ and WRITE on the files the handlers opened, served here, on the
 //     stream's goroutine, in buffers shared by all sessions (serveBulk):
 //     pkg/sftp would allocate a 256 KiB buffer for each and copy every
 //     reply, and its per-session allocator keeps its pages for the
 //     session's life;
+//   - a RequestServer, and its eleven goroutines, only while it has work
+//     (startRS and the comment above it);
 //   - the extensions pkg/sftp does not know (limits@openssh.com), answered
 //     here and announced in the VERSION reply;
 //   - packet types it does not know, answered SSH_FX_OP_UNSUPPORTED (it
@@ -107,7 +118,8 @@ type inflight struct {
 type sftpStream struct {
 	ch         io.ReadWriteCloser
 	ctx        context.Context // the session's: ends waits for budget
-	touch      func()          // called for every request: the session is not idle
+	log        *slog.Logger
+	touch      func() // called for every request: the session is not idle
 	maxHandles uint64
 	quirks     clientQuirks
 	// ext answers the extensions of the handler's (sftpext.go).
@@ -115,11 +127,17 @@ type sftpStream struct {
 	session *semaphore.Weighted
 	account *semaphore.Weighted
 
-	// Reading: the bytes of the current incoming packet not yet handed on.
-	pending []byte
-	remain  uint32
-	hdr     [5]byte
-	buf     []byte
+	// Reading: the head of the current incoming packet, and a buffer for
+	// small bodies.
+	hdr [5]byte
+	buf []byte
+
+	// newRS builds a RequestServer on a connection to the stream.
+	newRS func(io.ReadWriteCloser) *sftp.RequestServer
+	// idle is how long a RequestServer with nothing to do is kept;
+	// onIdle, if set, is told of each idle check's outcome (tests).
+	idle   time.Duration
+	onIdle func(ended bool)
 
 	omu      sync.Mutex
 	ocond    *sync.Cond
@@ -128,6 +146,12 @@ type sftpStream struct {
 	openRank uint64     // the rank of the open in flight, 0 for none
 	costs    []inflight // of the requests handed on and not yet answered, in order
 	closed   bool
+	rs       *rsConn             // the running RequestServer's connection, nil for none
+	rsOpen   map[string]struct{} // the handles it has open
+	quietAt  time.Time           // when it last had everything answered
+	timer    *time.Timer         // the idle check, armed when it is quiet
+	rsErr    error               // what the first RequestServer that failed ended with
+	rsWG     sync.WaitGroup      // the RequestServers' goroutines
 
 	// Handles: the file an open in flight made, bound to the handle
 	// pkg/sftp answers with.
@@ -180,23 +204,43 @@ func (s *sftpStream) waitOpen() {
 	}
 }
 
-// request hands a request on to pkg/sftp: its cost is taken from the
-// budgets (acquire) and given back when its reply is written; an open is
-// waited for.
-func (s *sftpStream) request(typ byte, cost int64) error {
+// request hands a request on to pkg/sftp: pkt is the whole packet, its
+// length field included. Its cost is taken from the budgets (acquire) and
+// given back when its reply is written; an open is waited for (waitOpen).
+// A RequestServer is started if none runs.
+func (s *sftpStream) request(typ byte, pkt []byte, cost int64) error {
 	bulk := typ == fxpRead || typ == fxpWrite
 	if err := s.acquire(cost, bulk); err != nil {
 		return err
 	}
 	s.omu.Lock()
-	defer s.omu.Unlock()
+	if s.closed {
+		s.omu.Unlock()
+		s.release(cost, bulk)
+		return errStreamClosed
+	}
+	r := s.rs
+	if r == nil {
+		r = s.startRS()
+	}
 	s.requests++
 	s.costs = append(s.costs, inflight{cost, bulk})
 	if typ == fxpOpen || typ == fxpOpendir {
 		s.openRank = s.requests
 	}
-	return nil
+	s.omu.Unlock()
+	// r cannot be ended for being idle now: it has a request to answer.
+	select {
+	case r.in <- pkt:
+		return nil
+	case <-r.done: // it failed, and the session ends
+		return errStreamClosed
+	case <-s.ctx.Done():
+		return s.ctx.Err()
+	}
 }
+
+var errStreamClosed = errors.New("sftp: stream closed")
 
 // acquire takes cost from the session's budget and, for a READ or WRITE,
 // from the account's, waiting while they are spent.
@@ -231,7 +275,131 @@ func (s *sftpStream) replied() {
 	s.ocond.Broadcast()
 }
 
+// The RequestServer's lifecycle. One is started for the first request the
+// stream hands on (request), and ends, EOF on its input, once it has been
+// quiet for s.idle with no handle of its own open (idleCheck), so that an
+// idle session holds none of its eleven goroutines. The next request
+// starts another. A RequestServer keeps nothing a client could miss
+// across that: it answers any request without an INIT, its handles are
+// all closed when it ends, and its order ids are its own. All of it is
+// decided under omu, where request counts what it hands on, so a request
+// is either handed to a RequestServer that cannot end before answering
+// it, or starts a new one.
+
+// startRS starts a RequestServer; omu is held.
+func (s *sftpStream) startRS() *rsConn {
+	r := &rsConn{s: s, in: make(chan []byte, 1), done: make(chan struct{})}
+	rs := s.newRS(r)
+	s.rs = r
+	s.rsWG.Add(1)
+	go s.runRS(r, rs)
+	return r
+}
+
+// runRS serves rs until its input ends. Any other end of it ends the
+// session: pkg/sftp ends a session on a request it cannot parse.
+func (s *sftpStream) runRS(r *rsConn, rs *sftp.RequestServer) {
+	defer s.rsWG.Done()
+	defer close(r.done)
+	err := func() (err error) {
+		defer func() {
+			if p := recover(); p != nil {
+				s.log.Error("sftp server panic", "panic", p, "stack", string(debug.Stack()))
+				err = errors.New("sftp: internal error")
+			}
+		}()
+		return rs.Serve()
+	}()
+	if err == io.EOF {
+		if r.idled && s.onIdle != nil {
+			s.onIdle(true)
+		}
+		return
+	}
+	s.omu.Lock()
+	if s.rsErr == nil {
+		s.rsErr = err
+	}
+	s.omu.Unlock()
+	s.Close()
+}
+
+// idleCheck, the idle timer's function, ends the RequestServer if it has
+// been quiet for s.idle and has no handle open.
+func (s *sftpStream) idleCheck() {
+	s.omu.Lock()
+	r := s.rs
+	quiet := time.Since(s.quietAt)
+	switch {
+	case r == nil || len(s.costs) > 0:
+		// Ended, or busy: its next quiet moment arms the check again.
+		s.omu.Unlock()
+		return
+	case quiet < s.idle:
+		s.timer.Reset(s.idle - quiet)
+		s.omu.Unlock()
+		return
+	case len(s.rsOpen) > 0:
+		s.omu.Unlock()
+		if s.onIdle != nil {
+			s.onIdle(false)
+		}
+		return
+	}
+	s.rs = nil
+	r.idled = true
+	close(r.in)
+	s.omu.Unlock()
+}
+
+// stopRS ends the RequestServer, once the stream reads no more, and waits
+// until every one started has ended: their handles are then closed, an
+// upload still open aborted.
+func (s *sftpStream) stopRS() {
+	s.omu.Lock()
+	r := s.rs
+	s.rs = nil
+	if s.timer != nil {
+		s.timer.Stop()
+	}
+	s.omu.Unlock()
+	if r != nil {
+		close(r.in)
+	}
+	s.rsWG.Wait()
+}
+
+// rsConn is a RequestServer's connection: it reads the packets the stream
+// hands on, and writes its replies through the stream.
+type rsConn struct {
+	s     *sftpStream
+	in    chan []byte   // whole packets; closed, EOF: the RequestServer is to end
+	done  chan struct{} // closed when it has ended
+	cur   []byte        // what is left of the packet being read
+	idled bool          // ended for being idle
+}
+
+func (c *rsConn) Read(p []byte) (int, error) {
+	for len(c.cur) == 0 {
+		pkt, ok := <-c.in
+		if !ok {
+			return 0, io.EOF
+		}
+		c.cur = pkt
+	}
+	n := copy(p, c.cur)
+	c.cur = c.cur[n:]
+	return n, nil
+}
+
+func (c *rsConn) Write(p []byte) (int, error) { return c.s.Write(p) }
+
+// Close, called by pkg/sftp on a request it cannot parse, ends the session.
+func (c *rsConn) Close() error { return c.s.Close() }
+
 // answered gives back the cost of the request whose reply has gone out.
+// When that was the last request in flight, the RequestServer is quiet,
+// and the idle check is armed.
 func (s *sftpStream) answered() {
 	s.omu.Lock()
 	if len(s.costs) == 0 {
@@ -240,6 +408,14 @@ func (s *sftpStream) answered() {
 	}
 	c := s.costs[0]
 	s.costs = s.costs[1:]
+	if len(s.costs) == 0 && s.rs != nil {
+		s.quietAt = time.Now()
+		if s.timer == nil {
+			s.timer = time.AfterFunc(s.idle, s.idleCheck)
+		} else {
+			s.timer.Reset(s.idle)
+		}
+	}
 	s.omu.Unlock()
 	s.release(c.cost, c.bulk)
 }
@@ -266,28 +442,31 @@ func (s *sftpStream) shut() {
 	s.ocond.Broadcast()
 }
 
-func (s *sftpStream) Read(p []byte) (int, error) {
-	for len(s.pending) == 0 && s.remain == 0 {
-		if err := s.next(); err != nil {
-			return 0, err
-		}
+// serve reads requests until the channel ends, serving some here and
+// handing the others on to pkg/sftp, then ends the RequestServer and waits
+// for it. A RequestServer that failed ends the session with its error.
+func (s *sftpStream) serve() error {
+	err := s.loop()
+	s.omu.Lock()
+	rsErr := s.rsErr
+	s.omu.Unlock()
+	if rsErr != nil {
+		return rsErr
 	}
-	if len(s.pending) > 0 {
-		n := copy(p, s.pending)
-		s.pending = s.pending[n:]
-		return n, nil
-	}
-	if uint32(len(p)) > s.remain {
-		p = p[:s.remain]
-	}
-	n, err := s.ch.Read(p)
-	s.remain -= uint32(n)
-	return n, err
+	return err
 }
 
-// next reads the head of the next request and decides what becomes of it:
-// handed on to pkg/sftp (s.pending, then s.remain bytes straight from the
-// channel) or answered here.
+func (s *sftpStream) loop() error {
+	defer s.stopRS()
+	for {
+		if err := s.next(); err != nil {
+			return err
+		}
+	}
+}
+
+// next reads the next request and serves it here or hands it on to
+// pkg/sftp.
 func (s *sftpStream) next() error {
 	s.waitOpen()
 	if _, err := io.ReadFull(s.ch, s.hdr[:]); err != nil {
@@ -299,61 +478,63 @@ func (s *sftpStream) next() error {
 	s.touch()
 	length := binary.BigEndian.Uint32(s.hdr[:4])
 	typ := s.hdr[4]
-	if length > maxSFTPPacket || length < 1 {
-		// pkg/sftp refuses bad lengths itself, and ends the session.
-		s.pending, s.remain = s.hdr[:], max(length, 1)-1
-		return s.request(typ, smallCost)
+	switch {
+	case length > maxSFTPPacket:
+		return fmt.Errorf("sftp: packet of %d bytes, more than %d", length, maxSFTPPacket)
+	case length < 1:
+		return errors.New("sftp: empty packet")
 	}
 	body := length - 1
 	switch {
+	case typ == fxpRead, typ == fxpWrite:
+		return s.readOrWrite(typ, body)
+	case !isRequest(typ), typ == fxpOpen, typ == fxpClose, typ == fxpExtended,
+		typ == fxpSymlink && s.quirks.draftSymlink:
+		// Looked at here.
+	default:
+		return s.handOn(typ, nil, body, smallCost)
+	}
+	b, err := s.readBody(body)
+	if err != nil {
+		return err
+	}
+	switch {
 	case !isRequest(typ):
-		b, err := s.readBody(body)
-		if err != nil {
-			return err
-		}
 		if len(b) >= 4 {
 			s.status(b[:4], fxOpUnsupported, fmt.Sprintf("packet type %d is not supported", typ))
 		}
 		return nil
-	case typ == fxpExtended:
-		b, err := s.readBody(body)
-		if err != nil {
-			return err
-		}
-		if s.extended(b) {
-			return nil
-		}
-		s.pending = append(s.hdr[:], b...)
-		return s.request(typ, smallCost)
-	case typ == fxpRead, typ == fxpWrite:
-		return s.readOrWrite(typ, body)
+	case typ == fxpExtended && s.extended(b):
+		return nil
 	case typ == fxpSymlink && s.quirks.draftSymlink:
-		b, err := s.readBody(body)
-		if err != nil {
-			return err
-		}
-		s.pending = append(s.hdr[:], swapSymlink(b)...)
-		return s.request(typ, smallCost)
-	case typ == fxpOpen, typ == fxpClose:
-		b, err := s.readBody(body)
-		if err != nil {
-			return err
-		}
-		s.pending = append(s.hdr[:], b...)
-		if len(b) >= 4 && typ == fxpOpen {
-			s.hmu.Lock()
-			s.openID, s.opening = binary.BigEndian.Uint32(b), nil
-			s.hmu.Unlock()
-		}
-		if h, _, ok := handleOf(b); ok && typ == fxpClose {
+		b = swapSymlink(b)
+	case typ == fxpOpen && len(b) >= 4:
+		s.hmu.Lock()
+		s.openID, s.opening = binary.BigEndian.Uint32(b), nil
+		s.hmu.Unlock()
+	case typ == fxpClose:
+		if h, _, ok := handleOf(b); ok {
 			s.hmu.Lock()
 			delete(s.files, string(h))
 			s.hmu.Unlock()
+			s.omu.Lock()
+			delete(s.rsOpen, string(h))
+			s.omu.Unlock()
 		}
-		return s.request(typ, smallCost)
 	}
-	s.pending, s.remain = s.hdr[:], body
-	return s.request(typ, smallCost)
+	return s.handOn(typ, b, 0, smallCost)
+}
+
+// handOn hands the current packet on to pkg/sftp: b is what was read of
+// its body, rest what is left of it on the channel.
+func (s *sftpStream) handOn(typ byte, b []byte, rest uint32, cost int64) error {
+	pkt := make([]byte, len(s.hdr)+len(b)+int(rest))
+	copy(pkt, s.hdr[:])
+	copy(pkt[len(s.hdr):], b)
+	if _, err := io.ReadFull(s.ch, pkt[len(s.hdr)+len(b):]); err != nil {
+		return err
+	}
+	return s.request(typ, pkt, cost)
 }
 
 // isRequest reports a packet type that a client may send
@@ -402,8 +583,7 @@ func (s *sftpStream) readOrWrite(typ byte, body uint32) error {
 	if f != nil && len(b) >= after+12 && (typ == fxpRead || uint32(after+12)+length(b, after+8) <= body) {
 		return s.serveBulk(typ, f, b, after, rest, max(cost, smallCost))
 	}
-	s.pending, s.remain = append(s.hdr[:], b...), rest
-	return s.request(typ, max(cost, smallCost))
+	return s.handOn(typ, b, rest, max(cost, smallCost))
 }
 
 // bulkBufs holds the buffers READs and WRITEs are served in, shared by all
@@ -639,7 +819,7 @@ func (s *sftpStream) send(pkt []byte) {
 	}
 }
 
-// Write passes pkg/sftp's packets through. Each packet's head is looked at
+// Write passes the RequestServer's packets through. Each packet's head is looked at
 // (see headDone); what follows it goes out as given, so that a 255 KiB
 // payload is never copied.
 func (s *sftpStream) Write(p []byte) (int, error) {
@@ -683,9 +863,8 @@ func (s *sftpStream) Write(p []byte) (int, error) {
 			out = extendVersion(out)
 		}
 		s.headDone(out)
-		err := s.flush(out)
-		s.whead = s.whead[:0]
-		if err != nil {
+		s.whead = s.whead[:0] // before flush, which may let the next writer in
+		if err := s.flush(out); err != nil {
 			return 0, err
 		}
 	}
@@ -719,13 +898,23 @@ func (s *sftpStream) headDone(head []byte) {
 	if len(head) < 9 || head[4] == fxpVersion {
 		return
 	}
+	h, _, isHandle := handleOf(head[5:])
+	isHandle = isHandle && head[4] == fxpHandle
+	if isHandle {
+		s.omu.Lock()
+		if s.rsOpen == nil {
+			s.rsOpen = make(map[string]struct{})
+		}
+		s.rsOpen[string(h)] = struct{}{}
+		s.omu.Unlock()
+	}
 	id := binary.BigEndian.Uint32(head[5:])
 	s.hmu.Lock()
 	defer s.hmu.Unlock()
 	if s.opening == nil || id != s.openID {
 		return
 	}
-	if h, _, ok := handleOf(head[5:]); ok && head[4] == fxpHandle {
+	if isHandle {
 		s.files[string(h)] = s.opening
 	}
 	s.opening = nil

@@ -1,0 +1,180 @@
+package sshd_test
+
+import (
+	"bytes"
+	"fmt"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"silo/sshd"
+)
+
+// rsGoroutines counts the goroutines of pkg/sftp's RequestServers in the
+// process: its workers, its ordering goroutine and its dispatcher.
+func rsGoroutines() int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	count := 0
+	for _, g := range bytes.Split(buf, []byte("\n\n")) {
+		if bytes.Contains(g, []byte("github.com/pkg/sftp.(*RequestServer)")) ||
+			bytes.Contains(g, []byte("github.com/pkg/sftp.(*packetManager)")) {
+			count++
+		}
+	}
+	return count
+}
+
+// waitNoRS waits until no RequestServer goroutine is left: a RequestServer
+// whose end was reported has returned from Serve, and the two goroutines
+// it does not wait for end without waiting on anything.
+func waitNoRS(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for rsGoroutines() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d RequestServer goroutines left", rsGoroutines())
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// waitIdle waits for the idle check's outcome to be want, skipping others.
+func waitIdle(t *testing.T, events <-chan bool, want bool) {
+	t.Helper()
+	for {
+		select {
+		case ended := <-events:
+			if ended == want {
+				return
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("no idle check ended=%v", want)
+		}
+	}
+}
+
+// An idle SFTP session holds none of pkg/sftp's goroutines: its
+// RequestServer ends once it has had nothing to do for a while, unless it
+// has handles open, and the next request starts another, which serves it
+// as if nothing had happened.
+func TestIdleSFTPSessionReleasesItsRequestServer(t *testing.T) {
+	// Not parallel: it counts the process's goroutines.
+	ts := startServer(t)
+	events := make(chan bool, 1000)
+	sshd.SetSFTPIdle(ts.srv, time.Millisecond, func(ended bool) { events <- ended })
+	ts.addUser("alice", "", "alice")
+	writeFile(t, filepath.Join(ts.home("alice"), "f"), []byte("hello"))
+
+	const n = 3
+	var cs []*rawSFTP
+	for range n {
+		cs = append(cs, ts.rawSFTP("alice", "alice")) // INIT starts one
+	}
+	for range n {
+		waitIdle(t, events, true)
+	}
+	waitNoRS(t)
+
+	// A request after the end starts another, without an INIT.
+	c := cs[0]
+	if r := c.call(fxpRealpath, str("a/../b")); r.typ != fxpName || r.str != "/b" {
+		t.Fatalf("realpath after the end: %+v", r)
+	}
+	if r := c.call(fxpStat, str("/f")); r.typ != fxpAttrs {
+		t.Fatalf("stat after the end: %+v", r)
+	}
+
+	// Handles of its own keep it, and work on.
+	d := c.call(fxpOpendir, str("/"))
+	f := c.open("/f", fxfRead)
+	if d.typ != fxpHandle || f.typ != fxpHandle {
+		t.Fatalf("opendir %+v, open %+v", d, f)
+	}
+	waitIdle(t, events, false)
+	if r := c.call(fxpReaddir, str(d.str)); r.typ != fxpName {
+		t.Fatalf("readdir on a handle kept: %+v", r)
+	}
+	if r := c.call(fxpRead, str(f.str), u64(0), u32(100)); r.typ != fxpData || r.str != "hello" {
+		t.Fatalf("read on a handle kept: %+v", r)
+	}
+	if r := c.call(fxpFstat, str(f.str)); r.typ != fxpAttrs {
+		t.Fatalf("fstat on a handle kept: %+v", r)
+	}
+	waitIdle(t, events, false)
+	if r := c.close(d.str); !r.ok() {
+		t.Fatalf("close dir: %+v", r)
+	}
+	if r := c.close(f.str); !r.ok() {
+		t.Fatalf("close file: %+v", r)
+	}
+	waitIdle(t, events, true)
+	waitNoRS(t)
+	if r := c.call(fxpRead, str(f.str), u64(0), u32(100)); r.typ != fxpStatus || r.code != 4 {
+		t.Fatalf("read after close: %+v", r)
+	}
+	if r := c.call(fxpReaddir, str(d.str)); r.typ != fxpStatus || r.code != 4 {
+		t.Fatalf("readdir after close: %+v", r)
+	}
+	// Another session's RequestServer started as this one's ended: both
+	// sessions work.
+	if r := cs[1].call(fxpStat, str("/f")); r.typ != fxpAttrs {
+		t.Fatalf("stat in another session: %+v", r)
+	}
+}
+
+// With a RequestServer ended as soon as it is quiet, requests arrive while
+// one ends and the next starts, over and over: every one is answered, in
+// order, and handles still work.
+func TestSFTPRequestServerChurn(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t)
+	sshd.SetSFTPIdle(ts.srv, time.Nanosecond, nil)
+	ts.addUser("alice", "", "alice")
+	writeFile(t, filepath.Join(ts.home("alice"), "f"), []byte("hello"))
+	c := ts.rawSFTP("alice", "alice")
+	for i := range 200 {
+		switch i % 4 {
+		case 0:
+			if r := c.call(fxpStat, str("/f")); r.typ != fxpAttrs {
+				t.Fatalf("%d: stat: %+v", i, r)
+			}
+		case 1:
+			name := fmt.Sprintf("/d%d", i)
+			if r := c.call(fxpMkdir, str(name), u32(0)); !r.ok() {
+				t.Fatalf("%d: mkdir: %+v", i, r)
+			}
+			if r := c.call(fxpRmdir, str(name)); !r.ok() {
+				t.Fatalf("%d: rmdir: %+v", i, r)
+			}
+		case 2:
+			f := c.open("/f", fxfRead)
+			r := c.call(fxpRead, str(f.str), u64(0), u32(100))
+			if f.typ != fxpHandle || r.str != "hello" || !c.close(f.str).ok() {
+				t.Fatalf("%d: open %+v, read %+v", i, f, r)
+			}
+		case 3:
+			// Pipelined: sent before any is answered.
+			for j := range 8 {
+				if err := c.writePacket(fxpRealpath, u32(uint32(1000+j)), str("x")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for j := range 8 {
+				typ, body := c.readPacket()
+				if typ != fxpName || !strings.Contains(string(body), "/x") || body[3] != byte((1000+j)&0xff) {
+					t.Fatalf("%d: reply %d: type %d %q", i, j, typ, body)
+				}
+			}
+		}
+	}
+}
