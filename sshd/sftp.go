@@ -74,12 +74,21 @@ func (h *sftpHandler) release() {
 	h.handles.Add(-1)
 }
 
+// sftpExtensions are the extensions pkg/sftp serves that silo announces,
+// with their versions (OpenSSH's PROTOCOL). Hard links are refused, so they
+// are not announced; clients then say "server does not support" instead of
+// failing mysteriously. The stream answers INIT with these and silo's own
+// (sftpExtensionsAdded).
+var sftpExtensions = [][2]string{{"posix-rename@openssh.com", "1"}, {"statvfs@openssh.com", "2"}}
+
 func init() {
-	// pkg/sftp's VERSION reply lists its extensions from a package-wide
-	// list. Hard links are refused, so they are not announced either;
-	// clients then say "server does not support" instead of failing
-	// mysteriously. The stream adds silo's own (sftpExtensionsAdded).
-	if err := sftp.SetSFTPExtensions("posix-rename@openssh.com", "statvfs@openssh.com"); err != nil {
+	// pkg/sftp's own VERSION reply, which no client sees, from the same
+	// list.
+	names := make([]string, len(sftpExtensions))
+	for i, e := range sftpExtensions {
+		names[i] = e[0]
+	}
+	if err := sftp.SetSFTPExtensions(names...); err != nil {
 		panic(err)
 	}
 }
@@ -96,6 +105,7 @@ func serveSFTP(ctx context.Context, ch io.ReadWriteCloser, h *sftpHandler, touch
 	stream.log = h.log
 	h.stream = stream
 	stream.ext = h.extension
+	stream.realPath = h.RealPath
 	handlers := sftp.Handlers{FileGet: h, FilePut: h, FileCmd: h, FileList: h}
 	stream.newRS = func(c io.ReadWriteCloser) *sftp.RequestServer {
 		return sftp.NewRequestServer(c, handlers, sftp.WithRSMaxTxPacket(maxSFTPData))

@@ -22,8 +22,8 @@ import (
 	"silo/vfs"
 )
 
-// sftpExtensionsAdded are announced in the VERSION reply, after pkg/sftp's
-// own (posix-rename@openssh.com, statvfs@openssh.com).
+// sftpExtensionsAdded are announced in the VERSION reply, after those of
+// pkg/sftp (sftpExtensions, sftp.go).
 var sftpExtensionsAdded = [][2]string{
 	{"limits@openssh.com", "1"},
 	{"fstatvfs@openssh.com", "2"},

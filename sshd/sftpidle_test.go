@@ -3,6 +3,7 @@ package sshd_test
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -75,10 +76,34 @@ func TestIdleSFTPSessionReleasesItsRequestServer(t *testing.T) {
 	ts.addUser("alice", "", "alice")
 	writeFile(t, filepath.Join(ts.home("alice"), "f"), []byte("hello"))
 
+	// A session's INIT and first REALPATH start none (on a server that
+	// would keep one for an hour).
+	long := startServer(t)
+	sshd.SetSFTPIdle(long.srv, time.Hour, nil)
+	long.addUser("alice", "", "alice")
+	lc := long.rawSFTP("alice", "alice")
+	if r := lc.call(fxpRealpath, str(".")); r.typ != fxpName || r.str != "/" {
+		t.Fatalf("realpath: %+v", r)
+	}
+	if g := rsGoroutines(); g != 0 {
+		t.Fatalf("%d RequestServer goroutines after INIT and REALPATH", g)
+	}
+	if r := lc.call(fxpStat, str("/")); r.typ != fxpAttrs || rsGoroutines() == 0 {
+		t.Fatalf("stat %+v: no RequestServer", r)
+	}
+	lc.sess.Close()
+	waitNoRS(t)
+
 	const n = 3
 	var cs []*rawSFTP
 	for range n {
-		cs = append(cs, ts.rawSFTP("alice", "alice")) // INIT starts one
+		cs = append(cs, ts.rawSFTP("alice", "alice"))
+	}
+	// A STAT starts one, which ends.
+	for _, c := range cs {
+		if r := c.call(fxpStat, str("/f")); r.typ != fxpAttrs {
+			t.Fatalf("stat: %+v", r)
+		}
 	}
 	for range n {
 		waitIdle(t, events, true)
@@ -87,9 +112,6 @@ func TestIdleSFTPSessionReleasesItsRequestServer(t *testing.T) {
 
 	// A request after the end starts another, without an INIT.
 	c := cs[0]
-	if r := c.call(fxpRealpath, str("a/../b")); r.typ != fxpName || r.str != "/b" {
-		t.Fatalf("realpath after the end: %+v", r)
-	}
 	if r := c.call(fxpStat, str("/f")); r.typ != fxpAttrs {
 		t.Fatalf("stat after the end: %+v", r)
 	}
@@ -176,5 +198,26 @@ func TestSFTPRequestServerChurn(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// A request pkg/sftp cannot parse ends the session, as it always did, with
+// pkg/sftp's error in the log, and nothing else: other sessions go on.
+func TestUnparsableRequestEndsTheSession(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t)
+	ts.addUser("alice", "", "alice")
+	c := ts.rawSFTP("alice", "alice")
+	other := ts.rawSFTP("alice", "alice")
+	// A STAT whose path is longer than the packet.
+	if err := c.writePacket(fxpStat, u32(1), u32(100), []byte("short")); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := io.ReadAll(c.r); err != nil || len(b) > 0 {
+		t.Fatalf("got %q, %v; want the session to end without a reply", b, err)
+	}
+	ts.logs.waitFor(t, `err="packet too short"`)
+	if r := other.call(fxpStat, str("/")); r.typ != fxpAttrs {
+		t.Fatalf("stat in another session: %+v", r)
 	}
 }

@@ -48,6 +48,7 @@ const (
 	fxpRead          = 5
 	fxpWrite         = 6
 	fxpOpendir       = 11
+	fxpRealpath      = 16
 	fxpSymlink       = 20
 	fxpStatus        = 101
 	fxpHandle        = 102
@@ -122,6 +123,8 @@ type sftpStream struct {
 	touch      func() // called for every request: the session is not idle
 	maxHandles uint64
 	quirks     clientQuirks
+	// realPath answers REALPATH (sftp.go).
+	realPath func(string) (string, error)
 	// ext answers the extensions of the handler's (sftpext.go).
 	ext     func(name string, args []byte) (typ byte, body []byte, err error, ok bool)
 	session *semaphore.Weighted
@@ -163,11 +166,10 @@ type sftpStream struct {
 	// Writing: pkg/sftp writes a packet in several calls; wmu is held from
 	// a packet's first byte to its last, so that an injected reply never
 	// lands inside one.
-	wmu     sync.Mutex
-	wneed   uint32 // bytes left in the packet being written
-	whead   []byte // its head, when split across writes
-	sentVer bool
-	werr    atomic.Pointer[error] // the first write error: the stream is broken
+	wmu   sync.Mutex
+	wneed uint32                // bytes left in the packet being written
+	whead []byte                // its head, when split across writes
+	werr  atomic.Pointer[error] // the first write error: the stream is broken
 }
 
 func newSFTPStream(ctx context.Context, ch io.ReadWriteCloser, touch func(), maxHandles int, account *semaphore.Weighted) *sftpStream {
@@ -488,8 +490,8 @@ func (s *sftpStream) next() error {
 	switch {
 	case typ == fxpRead, typ == fxpWrite:
 		return s.readOrWrite(typ, body)
-	case !isRequest(typ), typ == fxpOpen, typ == fxpClose, typ == fxpExtended,
-		typ == fxpSymlink && s.quirks.draftSymlink:
+	case !isRequest(typ), typ == fxpInit, typ == fxpRealpath, typ == fxpOpen, typ == fxpClose,
+		typ == fxpExtended, typ == fxpSymlink && s.quirks.draftSymlink:
 		// Looked at here.
 	default:
 		return s.handOn(typ, nil, body, smallCost)
@@ -503,6 +505,14 @@ func (s *sftpStream) next() error {
 		if len(b) >= 4 {
 			s.status(b[:4], fxOpUnsupported, fmt.Sprintf("packet type %d is not supported", typ))
 		}
+		return nil
+	case typ == fxpInit:
+		// Answered here, as are most sessions' first REALPATH, so that a
+		// session that does no more starts no RequestServer.
+		s.waitAnswered()
+		s.inject(versionReply)
+		return nil
+	case typ == fxpRealpath && s.realpath(b):
 		return nil
 	case typ == fxpExtended && s.extended(b):
 		return nil
@@ -523,6 +533,37 @@ func (s *sftpStream) next() error {
 		}
 	}
 	return s.handOn(typ, b, 0, smallCost)
+}
+
+// versionReply answers INIT: version 3 (draft-ietf-secsh-filexfer-02),
+// and the extensions of pkg/sftp's that silo announces, then its own.
+var versionReply = func() []byte {
+	b := []byte{fxpVersion, 0, 0, 0, 3}
+	for _, e := range append(sftpExtensions, sftpExtensionsAdded...) {
+		b = appendString(appendString(b, e[0]), e[1])
+	}
+	return b
+}()
+
+// realpath answers a REALPATH request (body after the type byte) with
+// the handler's RealPath, once what came before is answered, and reports
+// whether the request parsed; one that does not is left to pkg/sftp to
+// refuse.
+func (s *sftpStream) realpath(body []byte) bool {
+	f := &fields{b: body[min(4, len(body)):]}
+	p := f.str()
+	if len(body) < 4 || f.bad || s.realPath == nil {
+		return false
+	}
+	id := body[:4]
+	s.waitAnswered()
+	name, err := s.realPath(p)
+	if err != nil {
+		s.statusOf(id, err)
+		return true
+	}
+	s.inject(append(append([]byte{fxpName}, id...), nameReply(name)...))
+	return true
 }
 
 // handOn hands the current packet on to pkg/sftp: b is what was read of
@@ -858,10 +899,6 @@ func (s *sftpStream) Write(p []byte) (int, error) {
 			out = s.whead
 		}
 		s.wneed = uint32(packetSize(out) - len(out))
-		if !s.sentVer && len(out) > 4 && out[4] == fxpVersion && s.wneed == 0 {
-			s.sentVer = true
-			out = extendVersion(out)
-		}
 		s.headDone(out)
 		s.whead = s.whead[:0] // before flush, which may let the next writer in
 		if err := s.flush(out); err != nil {
@@ -878,14 +915,14 @@ func packetSize(b []byte) int {
 }
 
 // headLen is how much of a reply the stream looks at before it lets the
-// reply go: the length, type and id; a HANDLE or VERSION reply whole.
+// reply go: the length, type and id; a HANDLE reply whole.
 func headLen(b []byte) int {
 	if len(b) < 4 {
 		return 4
 	}
 	size := packetSize(b)
-	if len(b) >= 5 && (b[4] == fxpHandle || b[4] == fxpVersion) {
-		return min(size, 4+1+4+4+maxHandleLen+1024)
+	if len(b) >= 5 && b[4] == fxpHandle {
+		return min(size, 4+1+4+4+maxHandleLen)
 	}
 	return min(size, 9)
 }
@@ -895,7 +932,7 @@ func headLen(b []byte) int {
 // requests behind the open be read: they find the handle bound.
 func (s *sftpStream) headDone(head []byte) {
 	defer s.replied()
-	if len(head) < 9 || head[4] == fxpVersion {
+	if len(head) < 9 {
 		return
 	}
 	h, _, isHandle := handleOf(head[5:])
@@ -934,23 +971,6 @@ func (s *sftpStream) flush(b []byte) error {
 		s.answered()
 	}
 	return err
-}
-
-// extendVersion appends silo's extension pairs to pkg/sftp's VERSION packet
-// (length, type, version, pairs).
-func extendVersion(pkt []byte) []byte {
-	if len(pkt) < 9 || pkt[4] != fxpVersion {
-		return pkt
-	}
-	pkt = append([]byte(nil), pkt...)
-	for _, e := range sftpExtensionsAdded {
-		for _, s := range e {
-			pkt = binary.BigEndian.AppendUint32(pkt, uint32(len(s)))
-			pkt = append(pkt, s...)
-		}
-	}
-	binary.BigEndian.PutUint32(pkt, uint32(len(pkt)-4))
-	return pkt
 }
 
 func (s *sftpStream) Close() error {
