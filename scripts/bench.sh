@@ -13,6 +13,11 @@
 # commands) against GNU coreutils on the same 1 GiB file; unless
 # ORDER_RUN=0, the cost of a full out-of-order budget; and, unless
 # RSYNC_RUN=0, rsync over ssh against OpenSSH running the rsync binary.
+# Then, unless IDLE_RUN=0, what idle SFTP sessions cost silo (RSS and
+# goroutines per session at IDLE_SESSIONS, default 500,1000, 10 per
+# connection, internal/idlebench), and session setup: SETUP_LOGINS (default
+# 20) sequential sftp logins that run one command, silo's time over
+# OpenSSH's.
 # Then, unless STORE_RUN=0, silo with the PostgreSQL store against silo with
 # users.toml (a throw-away PostgreSQL of Debian's package), and three nodes
 # with one client each against one node with three clients. OPENSSH_RUN=0
@@ -39,7 +44,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-start_silo() { # start_silo FSYNC
+start_silo() { # start_silo FSYNC [MORE_CONFIG]
   [[ -n ${pid:-} ]] && { kill "$pid"; wait "$pid" 2>/dev/null || true; }
   cat >"$work/config.toml" <<CONF
 listen = "127.0.0.1:$port"
@@ -47,6 +52,7 @@ homes = "homes"
 host_keys = "hostkeys"
 users = "users.toml"
 fsync = $1
+${2:-}
 CONF
   [[ -f $work/users.toml ]] || "$root/silo" user add bench --key "$key.pub" --config "$work/config.toml" >/dev/null
   : >"$work/silo.log"
@@ -283,6 +289,42 @@ if [[ ${RSYNC_RUN:-1} != 0 ]]; then
     lo=$(printf '%s\n' "${r[@]}" | sort -n | head -1) hi=$(printf '%s\n' "${r[@]}" | sort -n | tail -1)
     printf '%-16s %10d %10d %12.2f %14s\n' "$w" "$sm" "$om" "$(awk -v s="$sm" -v o="$om" 'BEGIN{print o / s}')" "$lo-$hi"
   done
+fi
+
+if [[ ${IDLE_RUN:-1} != 0 ]]; then
+  mport=$((port + 1000))
+  start_silo false "metrics_listen = \"127.0.0.1:$mport\"
+[limits]
+max_connections_per_user = 0"
+  go build -o "$work/idlebench" ./internal/idlebench
+  echo "## idle SFTP sessions (10 per connection, INIT and REALPATH each, held): silo's RSS and goroutines"
+  "$work/idlebench" -addr "127.0.0.1:$port" -key "$key" -pid "$pid" \
+    -metrics "http://127.0.0.1:$mport/metrics" -sessions "${IDLE_SESSIONS:-500,1000}"
+  start_silo false
+  n=${SETUP_LOGINS:-20}
+  echo "## session setup: $n sequential sftp logins, each running one command (pwd), silo's time over OpenSSH's"
+  login() { # login PORT USER
+    sftp -q -b - -P "$1" -i "$key" -o BatchMode=yes -o StrictHostKeyChecking=no \
+      -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR "$2@127.0.0.1" <<<pwd >/dev/null
+  }
+  logins() { # logins PORT USER -> milliseconds for n logins
+    local s e j
+    s=$(date +%s%N)
+    for ((j = 0; j < n; j++)); do login "$@"; done
+    e=$(date +%s%N)
+    echo $(((e - s) / 1000000))
+  }
+  median() { printf '%s\n' "$@" | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+  s=() o=() r=()
+  for ((i = 0; i < ${ROUNDS:-5}; i++)); do
+    if ((i % 2)); then o+=("$(logins 2222 benchuser)"); s+=("$(logins "$port" bench)")
+    else s+=("$(logins "$port" bench)"); o+=("$(logins 2222 benchuser)"); fi
+    r+=("$(awk -v s="${s[i]}" -v o="${o[i]}" 'BEGIN{printf "%.2f", s / o}')")
+  done
+  sm=$(median "${s[@]}") om=$(median "${o[@]}")
+  lo=$(printf '%s\n' "${r[@]}" | sort -n | head -1) hi=$(printf '%s\n' "${r[@]}" | sort -n | tail -1)
+  printf '%-16s %10s %10s %11s %14s\n' workload silo_ms openssh_ms time_ratio round_ratios
+  printf '%-16s %10d %10d %11.2f %14s\n' "setup_x$n" "$sm" "$om" "$(awk -v s="$sm" -v o="$om" 'BEGIN{print s / o}')" "$lo-$hi"
 fi
 
 if [[ ${STORE_RUN:-1} != 0 ]]; then
