@@ -15,9 +15,9 @@
 # RSYNC_RUN=0, rsync over ssh against OpenSSH running the rsync binary.
 # Then, unless IDLE_RUN=0, what idle SFTP sessions cost silo (RSS and
 # goroutines per session at IDLE_SESSIONS, default 500,1000, 10 per
-# connection, internal/idlebench), and session setup: SETUP_LOGINS (default
-# 20) sequential sftp logins that run one command, silo's time over
-# OpenSSH's.
+# connection, internal/idlebench); unless SETUP_RUN=0, session setup:
+# SETUP_LOGINS (default 20) sequential sftp logins that run one command
+# (ls), silo's time over OpenSSH's.
 # Then, unless STORE_RUN=0, silo with the PostgreSQL store against silo with
 # users.toml (a throw-away PostgreSQL of Debian's package), and three nodes
 # with one client each against one node with three clients. OPENSSH_RUN=0
@@ -300,12 +300,15 @@ max_connections_per_user = 0"
   echo "## idle SFTP sessions (10 per connection, INIT and REALPATH each, held): silo's RSS and goroutines"
   "$work/idlebench" -addr "127.0.0.1:$port" -key "$key" -pid "$pid" \
     -metrics "http://127.0.0.1:$mport/metrics" -sessions "${IDLE_SESSIONS:-500,1000}"
+fi
+
+if [[ ${SETUP_RUN:-1} != 0 ]]; then
   start_silo false
   n=${SETUP_LOGINS:-20}
-  echo "## session setup: $n sequential sftp logins, each running one command (pwd), silo's time over OpenSSH's"
+  echo "## session setup: $n sequential sftp logins, each running one command (ls), silo's time over OpenSSH's"
   login() { # login PORT USER
     sftp -q -b - -P "$1" -i "$key" -o BatchMode=yes -o StrictHostKeyChecking=no \
-      -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR "$2@127.0.0.1" <<<pwd >/dev/null
+      -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR "$2@127.0.0.1" <<<ls >/dev/null
   }
   logins() { # logins PORT USER -> milliseconds for n logins
     local s e j
