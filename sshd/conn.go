@@ -41,7 +41,7 @@ type connState struct {
 	invalidUser   bool   // ... for a user that does not exist
 	graceExceeded bool
 	grace         *time.Timer
-	fc            *flushConn     // what the SSH connection writes to
+	fc            *sockConn      // what the SSH connection reads and writes
 	ended         bool           // the connection is closed: no new session starts
 	wg            sync.WaitGroup // sessions, monitor and probes of this connection
 	sshConn       func() *gossh.ServerConn
@@ -141,13 +141,12 @@ func (s *Server) serveConn(c net.Conn) {
 		st.mon = s.mon.Connect(activity.ConnInfo{Remote: st.remote, Close: func() { st.raw.Close() },
 			LastActive: func() time.Time { return time.Unix(0, st.lastActive.Load()) }})
 		defer st.mon.Close()
-		fc := newFlushConn(c, &connAddr{c.RemoteAddr(), st})
+		fc := newSockConn(c, &connAddr{c.RemoteAddr(), st})
 		st.mu.Lock()
 		st.fc = fc
 		st.mu.Unlock()
 		s.ssh.HandleConn(s.peek(fc)) // returns once the connection is closed
 		fc.Close()
-		<-fc.done
 	}
 	c.Close()
 	st.mu.Lock()
@@ -380,80 +379,31 @@ func (st *connState) monitor(lim Limits) {
 	}
 }
 
-// flushConn hands writes to a flusher goroutine, so that encrypting the next
-// SSH packets overlaps the system call that sends the previous ones, and
-// packets that pile up meanwhile leave in one write. x/crypto otherwise
-// encrypts and writes each packet in turn on one goroutine. A lone write is
-// sent at once.
-type flushConn struct {
+// sockConn is the connection x/crypto reads and writes. Each write goes to
+// the socket at once, on the goroutine that encrypted it: x/crypto writes
+// one packet at a time under its own lock anyway, and handing packets to a
+// second goroutine, to overlap encryption with the system call, cost a
+// copy and a wakeup of another thread per packet, more than it gained
+// when client and server share the cores.
+type sockConn struct {
 	net.Conn
-	remote net.Addr
-
-	mu     sync.Mutex
-	cond   *sync.Cond
-	buf    []byte
-	closed bool
-	err    error
-	done   chan struct{} // closed when the flusher has ended
+	remote  net.Addr
+	writing chan struct{} // holds a token while a write is in the socket
+	closed  atomic.Bool
 
 	fd    syscall.RawConn // nil: reads go to Conn as they come
 	ahead *[]byte         // bytes read ahead, [r:w] not yet taken
 	r, w  int
 }
 
-// flushLimit bounds the bytes a connection may have waiting.
-const flushLimit = 128 << 10
-
-func newFlushConn(c net.Conn, remote net.Addr) *flushConn {
-	f := &flushConn{Conn: c, remote: remote, done: make(chan struct{})}
-	f.cond = sync.NewCond(&f.mu)
+func newSockConn(c net.Conn, remote net.Addr) *sockConn {
+	f := &sockConn{Conn: c, remote: remote, writing: make(chan struct{}, 1)}
 	// Only a plain TCP connection: a wrapper may hold bytes of its own
 	// ahead of the descriptor.
 	if tc, ok := c.(*net.TCPConn); ok {
 		f.fd, _ = tc.SyscallConn()
 	}
-	go f.flusher()
 	return f
-}
-
-func (f *flushConn) Write(p []byte) (int, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for len(f.buf) >= flushLimit && f.err == nil && !f.closed {
-		f.cond.Wait()
-	}
-	if f.err != nil {
-		return 0, f.err
-	}
-	if f.closed {
-		return 0, net.ErrClosed
-	}
-	f.buf = append(f.buf, p...)
-	f.cond.Broadcast()
-	return len(p), nil
-}
-
-func (f *flushConn) flusher() {
-	defer close(f.done)
-	var batch []byte
-	f.mu.Lock()
-	for {
-		for len(f.buf) == 0 && !f.closed && f.err == nil {
-			f.cond.Wait()
-		}
-		if len(f.buf) == 0 || f.err != nil {
-			f.mu.Unlock()
-			return
-		}
-		batch, f.buf = f.buf, batch[:0]
-		f.mu.Unlock()
-		_, err := f.Conn.Write(batch)
-		f.mu.Lock()
-		if err != nil {
-			f.err = err
-		}
-		f.cond.Broadcast()
-	}
 }
 
 // readAhead is what one socket read may take in. x/crypto reads through a
@@ -467,7 +417,7 @@ const readAhead = 256 << 10
 var readAheadPool = sync.Pool{New: func() any { b := make([]byte, readAhead); return &b }}
 
 // Read is called by x/crypto's reading goroutine only.
-func (f *flushConn) Read(p []byte) (int, error) {
+func (f *sockConn) Read(p []byte) (int, error) {
 	if f.ahead != nil {
 		n := copy(p, (*f.ahead)[f.r:f.w])
 		if f.r += n; f.r == f.w {
@@ -513,21 +463,28 @@ func (f *flushConn) Read(p []byte) (int, error) {
 	return f.Read(p)
 }
 
+func (f *sockConn) Write(p []byte) (int, error) {
+	f.writing <- struct{}{}
+	defer func() { <-f.writing }()
+	if f.closed.Load() {
+		return 0, net.ErrClosed
+	}
+	return f.Conn.Write(p)
+}
+
 // closeFlushWait bounds how long Close waits for a peer that does not read.
 const closeFlushWait = 2 * time.Second
 
-// Close sends what is waiting (a final disconnect message, say), then
-// closes the connection.
-func (f *flushConn) Close() error {
-	f.mu.Lock()
-	f.closed = true
-	f.cond.Broadcast()
-	f.mu.Unlock()
+// Close lets a write under way finish (a final disconnect message, say),
+// then closes the connection.
+func (f *sockConn) Close() error {
+	f.closed.Store(true)
 	select {
-	case <-f.done:
+	case f.writing <- struct{}{}:
+		<-f.writing
 	case <-time.After(closeFlushWait):
 	}
 	return f.Conn.Close()
 }
 
-func (f *flushConn) RemoteAddr() net.Addr { return f.remote }
+func (f *sockConn) RemoteAddr() net.Addr { return f.remote }

@@ -11,7 +11,7 @@ import (
 
 // tcpPair returns both ends of a loopback TCP connection: the server's
 // wrapped as x/crypto sees it, and the client's.
-func tcpPair(t *testing.T) (*flushConn, net.Conn) {
+func tcpPair(t *testing.T) (*sockConn, net.Conn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -27,7 +27,7 @@ func tcpPair(t *testing.T) (*flushConn, net.Conn) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := newFlushConn(server, server.RemoteAddr())
+	f := newSockConn(server, server.RemoteAddr())
 	t.Cleanup(func() { f.Close() })
 	if f.fd == nil {
 		t.Fatal("a TCP connection is read without read-ahead")
