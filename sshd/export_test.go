@@ -37,3 +37,8 @@ func SetRateClock(s *Server, c vfs.Clock) { s.homes.clock = c }
 func SetSFTPIdle(s *Server, idle time.Duration, hook func(ended bool)) {
 	s.rsIdle, s.rsIdleHook = idle, hook
 }
+
+// SetSFTPHandOnHook sets a hook called as an SFTP session's stream is about
+// to hand a request of type typ on to pkg/sftp; it may run the session's
+// idle check, as its timer would at that moment.
+func SetSFTPHandOnHook(s *Server, hook func(typ byte, idleCheck func())) { s.rsHandOnHook = hook }

@@ -102,6 +102,9 @@ type Server struct {
 	// tests (export_test.go).
 	rsIdle     time.Duration
 	rsIdleHook func(ended bool)
+	// rsHandOnHook is called as the stream is about to hand a request
+	// on, with the idle check, which it may run as the idle timer would.
+	rsHandOnHook func(typ byte, idleCheck func())
 
 	wg sync.WaitGroup // one per accepted connection, done when everything it started has ended
 

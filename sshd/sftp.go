@@ -111,6 +111,9 @@ func serveSFTP(ctx context.Context, ch io.ReadWriteCloser, h *sftpHandler, touch
 		return sftp.NewRequestServer(c, handlers, sftp.WithRSMaxTxPacket(maxSFTPData))
 	}
 	stream.idle, stream.onIdle = cmp.Or(h.st.s.rsIdle, defaultRSIdle), h.st.s.rsIdleHook
+	if hook := h.st.s.rsHandOnHook; hook != nil {
+		stream.handingOn = func(typ byte) { hook(typ, stream.idleCheck) }
+	}
 	// When the channel or the connection goes, nothing more will be
 	// answered: wake a reader that waits for a reply.
 	defer context.AfterFunc(ctx, stream.shut)()

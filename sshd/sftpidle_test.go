@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -219,5 +220,37 @@ func TestUnparsableRequestEndsTheSession(t *testing.T) {
 	ts.logs.waitFor(t, `err="packet too short"`)
 	if r := other.call(fxpStat, str("/")); r.typ != fxpAttrs {
 		t.Fatalf("stat in another session: %+v", r)
+	}
+}
+
+// A CLOSE read just as the idle timer fires: the RequestServer still holds
+// the handle, so it is kept, and it is the one that closes the file. Were
+// it ended there, the CLOSE would reach a new RequestServer that never
+// had the handle, and the old one would abort the upload as it ended.
+func TestCloseRacingTheIdleCheck(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t)
+	events := make(chan bool, 100)
+	sshd.SetSFTPIdle(ts.srv, time.Nanosecond, func(ended bool) { events <- ended })
+	sshd.SetSFTPHandOnHook(ts.srv, func(typ byte, idleCheck func()) {
+		if typ == fxpClose {
+			idleCheck() // the timer fires now
+		}
+	})
+	ts.addUser("alice", "", "alice")
+	c := ts.rawSFTP("alice", "alice")
+	f := c.open("/up", fxfWrite|fxfCreat|fxfTrunc)
+	if f.typ != fxpHandle {
+		t.Fatalf("open: %+v", f)
+	}
+	waitIdle(t, events, false) // kept for the handle
+	if r := c.write(f.str, 0, "hello"); !r.ok() {
+		t.Fatalf("write: %+v", r)
+	}
+	if r := c.close(f.str); !r.ok() {
+		t.Fatalf("close as the idle check runs: %+v", r)
+	}
+	if got, err := os.ReadFile(filepath.Join(ts.home("alice"), "up")); string(got) != "hello" {
+		t.Fatalf("uploaded file: %q, %v; want hello", got, err)
 	}
 }

@@ -141,6 +141,9 @@ type sftpStream struct {
 	// onIdle, if set, is told of each idle check's outcome (tests).
 	idle   time.Duration
 	onIdle func(ended bool)
+	// handingOn, if set, is called as a request is about to be handed on
+	// (tests).
+	handingOn func(typ byte)
 
 	omu      sync.Mutex
 	ocond    *sync.Cond
@@ -211,6 +214,9 @@ func (s *sftpStream) waitOpen() {
 // given back when its reply is written; an open is waited for (waitOpen).
 // A RequestServer is started if none runs.
 func (s *sftpStream) request(typ byte, pkt []byte, cost int64) error {
+	if s.handingOn != nil {
+		s.handingOn(typ)
+	}
 	bulk := typ == fxpRead || typ == fxpWrite
 	if err := s.acquire(cost, bulk); err != nil {
 		return err
@@ -227,8 +233,13 @@ func (s *sftpStream) request(typ byte, pkt []byte, cost int64) error {
 	}
 	s.requests++
 	s.costs = append(s.costs, inflight{cost, bulk})
-	if typ == fxpOpen || typ == fxpOpendir {
+	switch typ {
+	case fxpOpen, fxpOpendir:
 		s.openRank = s.requests
+	case fxpClose:
+		// Forgotten as the CLOSE is counted, not before: the idle check
+		// sees the handle open or the CLOSE in flight, never neither.
+		s.forget(pkt[len(s.hdr):])
 	}
 	s.omu.Unlock()
 	// r cannot be ended for being idle now: it has a request to answer.
@@ -243,6 +254,20 @@ func (s *sftpStream) request(typ byte, pkt []byte, cost int64) error {
 }
 
 var errStreamClosed = errors.New("sftp: stream closed")
+
+// forget drops the handle a CLOSE (body after the type byte) closes: a
+// READ or WRITE behind it is refused here, and it no longer keeps the
+// RequestServer. omu is held.
+func (s *sftpStream) forget(body []byte) {
+	h, _, ok := handleOf(body)
+	if !ok {
+		return
+	}
+	delete(s.rsOpen, string(h))
+	s.hmu.Lock()
+	delete(s.files, string(h))
+	s.hmu.Unlock()
+}
 
 // acquire takes cost from the session's budget and, for a READ or WRITE,
 // from the account's, waiting while they are spent.
@@ -490,7 +515,7 @@ func (s *sftpStream) next() error {
 	switch {
 	case typ == fxpRead, typ == fxpWrite:
 		return s.readOrWrite(typ, body)
-	case !isRequest(typ), typ == fxpInit, typ == fxpRealpath, typ == fxpOpen, typ == fxpClose,
+	case !isRequest(typ), typ == fxpInit, typ == fxpRealpath, typ == fxpOpen,
 		typ == fxpExtended, typ == fxpSymlink && s.quirks.draftSymlink:
 		// Looked at here.
 	default:
@@ -522,15 +547,6 @@ func (s *sftpStream) next() error {
 		s.hmu.Lock()
 		s.openID, s.opening = binary.BigEndian.Uint32(b), nil
 		s.hmu.Unlock()
-	case typ == fxpClose:
-		if h, _, ok := handleOf(b); ok {
-			s.hmu.Lock()
-			delete(s.files, string(h))
-			s.hmu.Unlock()
-			s.omu.Lock()
-			delete(s.rsOpen, string(h))
-			s.omu.Unlock()
-		}
 	}
 	return s.handOn(typ, b, 0, smallCost)
 }
