@@ -2,6 +2,7 @@ package sshd_test
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"silo/activity"
 	"silo/sshd"
 )
 
@@ -252,5 +254,85 @@ func TestCloseRacingTheIdleCheck(t *testing.T) {
 	}
 	if got, err := os.ReadFile(filepath.Join(ts.home("alice"), "up")); string(got) != "hello" {
 		t.Fatalf("uploaded file: %q, %v; want hello", got, err)
+	}
+}
+
+// blockMkdir holds the handler of a MKDIR of path until release is closed.
+type blockMkdir struct {
+	path    string
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (b *blockMkdir) Observe(e activity.Event) {
+	if e.Kind == activity.Mkdir && e.Path == b.path {
+		close(b.entered)
+		<-b.release
+	}
+}
+
+// stackHas reports whether some goroutine is in fn.
+func stackHas(fn string) bool {
+	buf := make([]byte, 1<<20)
+	for n := runtime.Stack(buf, true); n == len(buf); n = runtime.Stack(buf, true) {
+		buf = make([]byte, 2*len(buf))
+	}
+	return bytes.Contains(buf, []byte(fn))
+}
+
+// Requests the stream answers itself (limits@openssh.com, a packet type
+// it does not know) behind one handed to pkg/sftp and still running are
+// answered after it: replies leave in the order of the requests.
+func TestRepliesServedHereWaitForEarlierOnes(t *testing.T) {
+	// Not parallel: it looks at every goroutine's stack.
+	block := &blockMkdir{path: "/slow", entered: make(chan struct{}), release: make(chan struct{})}
+	mon := activity.New(nil)
+	mon.Subscribe(block)
+	ts := startServerWith(t, t.TempDir(), sshd.DefaultLimits(), testPenalties(), func(c *sshd.Config) { c.Monitor = mon })
+	ts.addUser("alice", "", "alice")
+	c := ts.rawSFTP("alice", "alice")
+	ids := make(chan uint32, 3)
+	go func() {
+		defer close(ids)
+		for {
+			var hdr [9]byte
+			if _, err := io.ReadFull(c.r, hdr[:]); err != nil {
+				return
+			}
+			if _, err := io.CopyN(io.Discard, c.r, int64(binary.BigEndian.Uint32(hdr[:]))-5); err != nil {
+				return
+			}
+			ids <- binary.BigEndian.Uint32(hdr[5:])
+		}
+	}()
+	if err := c.writePacket(fxpMkdir, u32(1), str("/slow"), u32(0)); err != nil {
+		t.Fatal(err)
+	}
+	<-block.entered
+	if err := c.writePacket(fxpExtended, u32(2), str("limits@openssh.com")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.writePacket(99, u32(3)); err != nil {
+		t.Fatal(err)
+	}
+	// Until the stream waits for the MKDIR, or has answered without.
+	var got []uint32
+	for len(got) == 0 && !stackHas("(*sftpStream).waitAnswered") {
+		select {
+		case id := <-ids:
+			got = append(got, id)
+		case <-time.After(time.Millisecond):
+		}
+	}
+	close(block.release)
+	for len(got) < 3 {
+		id, ok := <-ids
+		if !ok {
+			t.Fatalf("session ended after replies %v", got)
+		}
+		got = append(got, id)
+	}
+	if fmt.Sprint(got) != "[1 2 3]" {
+		t.Fatalf("replies to %v, want [1 2 3]", got)
 	}
 }

@@ -534,7 +534,6 @@ func (s *sftpStream) next() error {
 	case typ == fxpInit:
 		// Answered here, as are most sessions' first REALPATH, so that a
 		// session that does no more starts no RequestServer.
-		s.waitAnswered()
 		s.inject(versionReply)
 		return nil
 	case typ == fxpRealpath && s.realpath(b):
@@ -572,7 +571,6 @@ func (s *sftpStream) realpath(body []byte) bool {
 		return false
 	}
 	id := body[:4]
-	s.waitAnswered()
 	name, err := s.realPath(p)
 	if err != nil {
 		s.statusOf(id, err)
@@ -620,7 +618,6 @@ func (s *sftpStream) readOrWrite(typ byte, body uint32) error {
 		if _, err := io.CopyN(io.Discard, s.ch, int64(rest)); err != nil {
 			return err
 		}
-		s.waitAnswered() // the refusal goes out after what came before
 		switch {
 		case f == nil:
 			// A directory's handle, or one closed or never given:
@@ -865,8 +862,10 @@ func (s *sftpStream) inject(body []byte) {
 }
 
 // send writes a whole packet, length field included, between pkg/sftp's
-// packets.
+// packets, once pkg/sftp has answered the requests handed on before: every
+// reply served here leaves in the order of the requests.
 func (s *sftpStream) send(pkt []byte) {
+	s.waitAnswered()
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	if s.werr.Load() == nil {
