@@ -336,3 +336,57 @@ func TestRepliesServedHereWaitForEarlierOnes(t *testing.T) {
 		t.Fatalf("replies to %v, want [1 2 3]", got)
 	}
 }
+
+// Sessions that end in every state of their RequestServer (starting,
+// serving, ending, ended; with a handle open, with requests unanswered)
+// leave nothing behind: no RequestServer goroutine, no session goroutine.
+func TestSessionsEndingAroundTheRequestServerLeaveNothing(t *testing.T) {
+	// Not parallel: it counts the process's goroutines.
+	ts := startServer(t)
+	sshd.SetSFTPIdle(ts.srv, time.Nanosecond, nil)
+	ts.addUser("alice", "", "alice")
+	writeFile(t, filepath.Join(ts.home("alice"), "f"), []byte("hello"))
+	warm := ts.rawSFTP("alice", "alice")
+	warm.sess.Close()
+	waitNoRS(t)
+	before := runtime.NumGoroutine()
+	for i := range 60 {
+		conn := ts.connect("alice", "alice")
+		sess, err := conn.NewSession()
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, _ := sess.StdinPipe()
+		r, _ := sess.StdoutPipe()
+		if err := sess.RequestSubsystem("sftp"); err != nil {
+			t.Fatal(err)
+		}
+		c := &rawSFTP{t: t, sess: sess, w: w, r: r}
+		if i%3 != 0 {
+			c.writePacket(fxpInit, u32(3))
+			c.readPacket()
+		}
+		if i%3 == 1 {
+			c.open("/f", fxfRead)
+		}
+		for j := range i % 5 {
+			c.writePacket(fxpStat, u32(uint32(100+j)), str("/f"))
+		}
+		if i%2 == 0 {
+			c.writePacket(fxpOpen, u32(99), str("/up"), u32(fxfWrite|fxfCreat), u32(0))
+			c.writePacket(fxpWrite, u32(98), str("1"), u64(0), str("data"))
+		}
+		if i%4 == 3 {
+			c.sess.Close() // the channel first, then the connection
+		}
+		conn.Close()
+	}
+	waitNoRS(t)
+	deadline := time.Now().Add(20 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines, %d before the sessions", runtime.NumGoroutine(), before)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
