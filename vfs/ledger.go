@@ -38,9 +38,16 @@ type Ledger interface {
 }
 
 // Lease sizes. A lease is taken in chunks so that a write rarely waits for
-// the ledger; the ledger gives less when the quota has less room, so that
-// what one server holds unused never starves the others for long.
-var leaseChunk = Usage{Bytes: 64 << 20, Files: 64}
+// the ledger: leaseChunk beyond the write at first, twice the last chunk
+// each time a lease runs out while the home is written, up to leaseMax, so
+// that a long upload or a run of many small files asks a few times, not
+// once per chunk (each ask waits for a commit). The ledger gives less when
+// the quota has less room, so that what one server holds unused never
+// starves the others for long.
+var (
+	leaseChunk = Usage{Bytes: 64 << 20, Files: 64}
+	leaseMax   = Usage{Bytes: 256 << 20, Files: 1024}
+)
 
 // leaseLinger is how long an FS with no writer left keeps its lease before
 // giving it back: a client that uploads many small files, one after
@@ -64,7 +71,12 @@ func (f *FS) reserveLeased(bytes, files int64) error {
 		return nil
 	}
 	f.stopReturnLocked()
-	_, err := f.settleLocked(Usage{bytes, files}, leaseChunk)
+	if f.chunk == (Usage{}) {
+		f.chunk = leaseChunk
+	} else {
+		f.chunk = Usage{min(2*f.chunk.Bytes, leaseMax.Bytes), min(2*f.chunk.Files, leaseMax.Files)}
+	}
+	_, err := f.settleLocked(Usage{bytes, files}, f.chunk)
 	if err == nil {
 		f.delta.Bytes += bytes
 		f.delta.Files += files
@@ -111,6 +123,9 @@ func (f *FS) settleLocked(need, extra Usage) (Usage, error) {
 	f.delta.Bytes -= d.Bytes
 	f.delta.Files -= d.Files
 	f.lease = lease
+	if lease == (Usage{}) {
+		f.chunk = Usage{} // given back or refused: the next writer starts small
+	}
 	f.used = Usage{max(0, committed.Bytes+f.delta.Bytes), max(0, committed.Files+f.delta.Files)}
 	return lease, err
 }

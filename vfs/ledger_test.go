@@ -16,7 +16,8 @@ type sharedLedger struct {
 	mu        sync.Mutex
 	committed Usage
 	leases    map[int]Usage
-	maxSeen   int64 // the most committed + leases ever held, in bytes
+	maxSeen   int64   // the most committed + leases ever held, in bytes
+	asked     []Usage // the extra room of each Settle, in order
 }
 
 type memberLedger struct {
@@ -39,6 +40,7 @@ func (m memberLedger) Settle(l Limits, delta, need, extra Usage) (Usage, Usage, 
 	defer s.mu.Unlock()
 	s.committed.Bytes += delta.Bytes
 	s.committed.Files += delta.Files
+	s.asked = append(s.asked, extra)
 	var others int64
 	for id, u := range s.leases {
 		if id != m.id {
@@ -125,5 +127,53 @@ func TestLedgerSharedQuota(t *testing.T) {
 	}
 	if len(s.leases) != 0 || s.committed != found {
 		t.Fatalf("after close: committed %+v, leases %v; the files hold %+v", s.committed, s.leases, found)
+	}
+}
+
+// A run of many small files asks the ledger a few times, not once per
+// chunk: each lease that runs out while the home is written is followed
+// by one with twice the extra room, up to leaseMax. A writer is held open
+// throughout, so that the lease is never given back in between.
+func TestLedgerLeaseGrows(t *testing.T) {
+	s := &sharedLedger{leases: make(map[int]Usage)}
+	f, err := Open(filepath.Join(t.TempDir(), "home"), Options{Ledger: memberLedger{s, 0}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	held, err := f.OpenFile("/held", os.O_WRONLY|os.O_CREATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2000 {
+		w, err := f.OpenFile(fmt.Sprintf("/f%d", i), os.O_WRONLY|os.O_CREATE)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Close()
+	}
+	// Once the lease is given back (as the linger timer would), the next
+	// writer starts with a first chunk again.
+	held.Close()
+	f.mu.Lock()
+	f.stopReturnLocked()
+	f.mu.Unlock()
+	f.giveBack()
+	w, err := f.OpenFile("/after", os.O_WRONLY|os.O_CREATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var got []int64
+	for _, u := range s.asked {
+		got = append(got, u.Files)
+	}
+	// 2,001 files: 1+64, +1+128, +1+256, +1+512, +1+1024, then the cap;
+	// the give-back asks for nothing; the next file 64 again.
+	want := []int64{64, 128, 256, 512, 1024, 1024, 0, 64}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("2,001 files, a give-back and a file asked the ledger for %v extra files, want %v", got, want)
 	}
 }

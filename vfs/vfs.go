@@ -53,13 +53,13 @@ type FS struct {
 	used    Usage
 	writers map[fileID]*writer
 	// With a ledger: what this FS leased, what it changed since it last
-	// settled (never above lease while it grows), whether a Settle is
-	// under way, the timer that gives the lease back, and whether the FS
-	// is closing.
-	lease, delta Usage
-	settling     bool
-	returner     *time.Timer
-	closing      bool
+	// settled (never above lease while it grows), the extra room it last
+	// asked for, whether a Settle is under way, the timer that gives the
+	// lease back, and whether the FS is closing.
+	lease, delta, chunk Usage
+	settling            bool
+	returner            *time.Timer
+	closing             bool
 }
 
 // Options are the settings of a home.
