@@ -246,6 +246,9 @@ func (f *FS) addWriter(w *writer) error {
 			return err
 		}
 	}
+	// With a ledger, the lease is given back once the last writer has
+	// closed, not while writers come and go (ledger.go).
+	f.stopReturnLocked()
 	f.writers[w.id] = w
 	return nil
 }

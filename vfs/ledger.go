@@ -51,8 +51,10 @@ var (
 
 // leaseLinger is how long an FS with no writer left keeps its lease before
 // giving it back: a client that uploads many small files, one after
-// another, does not pay two round trips to the ledger for each.
-const leaseLinger = 200 * time.Millisecond
+// another, does not pay two round trips to the ledger for each. A writer
+// that starts meanwhile cancels the give-back; the next last close arms it
+// again.
+var leaseLinger = 200 * time.Millisecond
 
 // reserveLeased is reserve with a ledger: from the lease while it has room,
 // else through Settle.

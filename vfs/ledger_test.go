@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 )
 
 // sharedLedger is the ledger of one home as a database would keep it, in
@@ -175,5 +176,47 @@ func TestLedgerLeaseGrows(t *testing.T) {
 	want := []int64{64, 128, 256, 512, 1024, 1024, 0, 64}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("2,001 files, a give-back and a file asked the ledger for %v extra files, want %v", got, want)
+	}
+}
+
+// The lease is given back leaseLinger after the last writer closes, not
+// after the first of a run of writers that come and go: a writer that
+// starts cancels the pending give-back, and its close arms a new one.
+func TestLedgerGiveBackWaitsForLastWriter(t *testing.T) {
+	// No give-back fires while the test looks: it sees only which is
+	// pending.
+	linger := leaseLinger
+	leaseLinger = time.Hour
+	t.Cleanup(func() { leaseLinger = linger })
+	s := &sharedLedger{leases: make(map[int]Usage)}
+	f, err := Open(filepath.Join(t.TempDir(), "home"), Options{Ledger: memberLedger{s, 0}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	pending := func() *time.Timer {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return f.returner
+	}
+	a, err := f.OpenFile("/a", os.O_WRONLY|os.O_CREATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	first := pending()
+	if first == nil {
+		t.Fatal("no give-back pending after the last writer closed")
+	}
+	b, err := f.OpenFile("/b", os.O_WRONLY|os.O_CREATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pending() != nil {
+		t.Fatal("a give-back is still pending while a writer is open")
+	}
+	b.Close()
+	if r := pending(); r == nil || r == first {
+		t.Fatalf("after the next last close the pending give-back is %p, want a new one (the first was %p)", r, first)
 	}
 }
