@@ -19,14 +19,18 @@
 # SETUP_LOGINS (default 20) sequential sftp logins that run one command
 # (ls), silo's time over OpenSSH's.
 # Then, unless STORE_RUN=0, silo with the PostgreSQL store against silo with
-# users.toml (a throw-away PostgreSQL of Debian's package), and three nodes
-# with one client each against one node with three clients. OPENSSH_RUN=0
-# skips the first table.
+# users.toml (a throw-away PostgreSQL of Debian's package), one sftp command
+# at a time, alternated per workload, with the CPU per GiB of each node and
+# of the database (cpuacct cgroups) and the database's statements and
+# commits per workload (pg_stat_statements); and three nodes with one
+# client each against one node with three clients, with how many cores
+# they kept busy. OPENSSH_RUN=0 skips the first table.
 #   Env: ROUNDS (default 5), ONLY (workload regex), SHARED (default ../shared),
 #        SILO_BENCH_PORT (default 2023); anything compare.sh takes;
 #        CPU_ONLY (workload regex of the CPU run), PIN (both, 1 or 0),
 #        SILO_BASE (another silo binary, measured beside this one in the
-#        CPU run, on SILO_BASE_PORT, default 2033).
+#        CPU run, on SILO_BASE_PORT, default 2033); STORE_ONLY (workload
+#        regex of the store run).
 # Needs root (the reference sshd) and a built ./silo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -331,21 +335,33 @@ if [[ ${SETUP_RUN:-1} != 0 ]]; then
 fi
 
 if [[ ${STORE_RUN:-1} != 0 ]]; then
-  # A throw-away PostgreSQL, as nobody (it refuses root), on a Unix socket.
+  # A throw-away PostgreSQL, as nobody (it refuses root), on a Unix socket,
+  # counting statements (pg_stat_statements). Each part runs in a cpuacct
+  # cgroup of its own: the database, each node, the clients.
   pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
   pgdir=$(mktemp -d /tmp/silo-bench-pg.XXXXXX)
+  scg=/sys/fs/cgroup/cpuacct/silo-store-$$
+  mkdir -p "$scg/db" "$scg/usersfile" "$scg/client" "$scg/pg0" "$scg/pg1" "$scg/pg2"
   chown nobody "$pgdir"
   pg() { runuser -u nobody -- "$pgbin/$1" "${@:2}"; }
   pg initdb -D "$pgdir/data" -U postgres -A trust --no-sync >/dev/null
-  pg pg_ctl -D "$pgdir/data" -l "$pgdir/log" -w start \
-    -o "-c listen_addresses='' -c unix_socket_directories=$pgdir" >/dev/null
-  nodes=()
+  (echo "$BASHPID" >"$scg/db/cgroup.procs"; exec runuser -u nobody -- "$pgbin/pg_ctl" -D "$pgdir/data" -l "$pgdir/log" -w start \
+    -o "-c listen_addresses='' -c unix_socket_directories=$pgdir -c shared_preload_libraries=pg_stat_statements") >/dev/null
+  psqlq() { psql -h "$pgdir" -U postgres -d postgres -Atqc "$1"; }
+  psqlq "CREATE EXTENSION pg_stat_statements"
+  nodes=() filepid=""
   stop_store() {
-    for p in "${nodes[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
+    for p in "${nodes[@]}" $filepid; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
     pg pg_ctl -D "$pgdir/data" -m immediate -w stop >/dev/null || true
+    for g in "$scg"/*/; do
+      for p in $(cat "$g/cgroup.procs" 2>/dev/null); do echo "$p" >"$scg/../cgroup.procs" || true; done
+      rmdir "$g" 2>/dev/null || true
+    done
+    rmdir "$scg" 2>/dev/null || true
     rm -rf "$pgdir"
   }
   trap 'stop_store; cleanup' EXIT
+  waitlog() { for _ in $(seq 100); do grep -q "$2" "$1" && return; sleep 0.1; done; cat "$1" >&2; exit 1; }
   node() { # node N: a PostgreSQL-store silo on port+10+N, homes shared
     cat >"$work/pg$1.toml" <<CONF
 listen = "127.0.0.1:$((port + 10 + $1))"
@@ -357,42 +373,130 @@ kind = "postgres"
 dsn = "host=$pgdir user=postgres dbname=postgres"
 CONF
     [[ $1 == 0 ]] && "$root/silo" user add bench --key "$key.pub" --config "$work/pg0.toml" >/dev/null
-    "$root/silo" serve --config "$work/pg$1.toml" 2>"$work/pg$1.log" &
+    (echo "$BASHPID" >"$scg/pg$1/cgroup.procs"; exec "$root/silo" serve --config "$work/pg$1.toml" 2>"$work/pg$1.log") &
     nodes+=($!)
-    for _ in $(seq 100); do grep -q "listening for account changes" "$work/pg$1.log" && break; sleep 0.1; done
+    waitlog "$work/pg$1.log" "joined the cluster"
   }
+  # The users.toml node: the same binary, config and filesystem for its
+  # homes, in a cgroup of its own.
+  mkdir -p "$work/filestore"
+  cat >"$work/filestore/config.toml" <<CONF
+listen = "127.0.0.1:$((port + 9))"
+homes = "../pghomes-file"
+host_keys = "../hostkeys"
+users = "users.toml"
+CONF
+  "$root/silo" user add bench --key "$key.pub" --config "$work/filestore/config.toml" >/dev/null
+  (cd "$work/filestore" && echo "$BASHPID" >"$scg/usersfile/cgroup.procs" && exec "$root/silo" serve --config config.toml 2>"$work/file.log") &
+  filepid=$!
+  waitlog "$work/file.log" "listening on"
   node 0
-  start_silo false
-  echo "## PostgreSQL store against users.toml: one node each"
-  "$shared/bench/compare.sh" \
-    "postgres=127.0.0.1:$((port + 10)):bench:$key:/" \
-    "usersfile=127.0.0.1:$port:bench:$key:/" |
-    { [[ -n ${STORE_ONLY:-} ]] && grep -E "workload|$STORE_ONLY" || cat; }
+  L=/dev/shm/sftpbench # sftp-throughput.sh's test data
+  [[ -f $L/big.bin && -d $L/small ]] || RUNS=0 "$shared/bench/sftp-throughput.sh" 127.0.0.1 "$((port + 9))" bench "$key" / >/dev/null
+  spt() { case $1 in usersfile) echo $((port + 9)) ;; pg*) echo $((port + 10 + ${1#pg})) ;; esac; }
+  sftps() { # sftps SERVER < commands, the client in the client cgroup
+    (echo "$BASHPID" >"$scg/client/cgroup.procs"; exec sftp -q -b - -P "$(spt "$1")" -i "$key" -c aes128-gcm@openssh.com \
+      -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR bench@127.0.0.1) >/dev/null
+  }
+  stmts() { psqlq "SELECT coalesce(sum(calls), 0) || ' ' || coalesce(sum(calls) FILTER (WHERE query ILIKE 'commit%'), 0)
+    FROM pg_stat_statements WHERE query NOT ILIKE '%pg_stat_statements%'"; }
+  cpu() { cat "$scg/$1/cpuacct.usage"; }
+  sprep() {
+    case $2 in
+      put_1GiB) echo "-rm big.bin" | sftps "$1" 2>/dev/null || true ;;
+      put_2000x4KiB) printf -- '-rm small/*\n-rmdir small\n' | sftps "$1" 2>/dev/null || true ;;
+      get_*) rm -rf "$L/big.get" "$L/small.get" ;;
+    esac
+  }
+  stimed() {
+    case $2 in
+      put_1GiB) echo "put $L/big.bin big.bin" | sftps "$1" ;;
+      get_1GiB) echo "get big.bin $L/big.get" | sftps "$1" ;;
+      put_2000x4KiB) echo "put -r $L/small small" | sftps "$1" ;;
+      get_2000x4KiB) echo "get -r small $L/small.get" | sftps "$1" ;;
+    esac
+  }
+  # smeasure SERVER NAME -> "MB/s server_s/GiB db_s/GiB statements commits"
+  smeasure() {
+    local b s0 d0 t0 t1 q0 q1
+    sprep "$1" "$2"
+    [[ $2 == *2000x4KiB ]] && b=$((2000 * 4096)) || b=$((1 << 30))
+    sync # the previous put's writeback is nobody's measurement
+    q0=($(stmts))
+    s0=$(cpu "$1") d0=$(cpu db) t0=$(date +%s%N)
+    stimed "$1" "$2"
+    t1=$(date +%s%N)
+    local s1 d1; s1=$(cpu "$1") d1=$(cpu db); q1=($(stmts))
+    awk -v b="$b" -v ns=$((t1 - t0)) -v s=$((s1 - s0)) -v d=$((d1 - d0)) -v q=$((q1[0] - q0[0])) -v c=$((q1[1] - q0[1])) \
+      'BEGIN { g = b / 2^30; printf "%.1f %.3f %.3f %d %d\n", b / ns * 1e3, s / 1e9 / g, d / 1e9 / g, q, c }'
+  }
+  for srv in usersfile pg0; do
+    printf -- "put %s/big.bin big.bin\n-mkdir small\nput -r %s/small .\n" "$L" "$L" | sftps "$srv"
+  done
+  echo "## PostgreSQL store against users.toml: one node each, aes128-gcm, alternated per workload"
+  rm -f "$work"/store.*
+  for w in put_1GiB get_1GiB put_2000x4KiB get_2000x4KiB; do
+    [[ $w =~ ${STORE_ONLY:-.} ]] || continue
+    for ((r = 0; r < ${ROUNDS:-5}; r++)); do
+      order=(pg0 usersfile)
+      ((r % 2)) && order=(usersfile pg0)
+      for srv in "${order[@]}"; do echo "$w $r $(smeasure "$srv" "$w")" >>"$work/store.$srv"; done
+      echo "# store $w round $((r + 1))" >&2
+    done
+  done
+  # Per workload: the median of the per-round MB/s ratios (min-max), the
+  # same of server CPU per GiB (the node, and the node plus the database),
+  # each node's CPU per GiB, and the database's statements and commits
+  # per workload.
+  paste -d' ' "$work/store.pg0" "$work/store.usersfile" | awk '
+    { w = $1; n[w]++; k = n[w]; if (k == 1) order[++m] = w
+      R[w, k] = $3 / $10; S[w, k] = $4 / $11; T[w, k] = ($4 + $5) / $11; P[w, k] = $4; D[w, k] = $5; F[w, k] = $11
+      Q[w, k] = $6; X[w, k] = $7 }
+    function med(a, w, c,   i, j, t, v) { for (i = 1; i <= c; i++) v[i] = a[w, i]
+      for (i = 1; i <= c; i++) for (j = i + 1; j <= c; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
+      lo = v[1]; hi = v[c]
+      return (c % 2) ? v[(c + 1) / 2] : (v[c / 2] + v[c / 2 + 1]) / 2 }
+    BEGIN { print "# postgres/usersfile: MB/s (min-max), CPU per GiB of the node, of node + database; s/GiB; database statements and commits"
+      printf "%-15s %5s %11s %6s %6s %8s %8s %8s %6s %6s\n", "workload", "MB/s", "(min-max)", "nodeCPU", "+db", "pg_s/G", "db_s/G", "file_s/G", "stmts", "commits" }
+    END { for (i = 1; i <= m; i++) { w = order[i]; c = n[w]
+      r = med(R, w, c); a = lo; b = hi
+      printf "%-15s %5.2f %5.2f-%-5.2f %6.2f %6.2f %8.2f %8.3f %8.2f %6d %6d\n", w, r, a, b, med(S, w, c), med(T, w, c),
+        med(P, w, c), med(D, w, c), med(F, w, c), med(Q, w, c), med(X, w, c) } }'
   node 1
   node 2
-  echo "## 3 x 256 MiB put at once: three nodes, one client each, against one node with three clients"
+  echo "## 3 x 256 MiB put at once: three nodes, one client each, against one node with three clients, alternated"
   src=/dev/shm/silo-bench-256
   head -c $((256 << 20)) /dev/urandom >"$src"
-  put3() { # put3 PORT PORT PORT -> milliseconds for all three
-    local s e i=0
-    s=$(date +%s%N)
-    for p in "$@"; do
+  allcpu() { echo $(($(cpu pg0) + $(cpu pg1) + $(cpu pg2) + $(cpu db))); }
+  put3() { # put3 NODE NODE NODE -> "ms server_cpu_ms client_cpu_ms" for all three
+    local s e i=0 s0 c0 ps=()
+    echo "-rm p*" | sftps pg0 2>/dev/null || true
+    sync
+    s0=$(allcpu) c0=$(cpu client) s=$(date +%s%N)
+    for n in "$@"; do
       i=$((i + 1))
-      echo "put $src p$i" | sftp -q -b - -P "$p" -i "$key" -c aes128-gcm@openssh.com -o BatchMode=yes \
-        -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR bench@127.0.0.1 >/dev/null &
+      echo "put $src p$i" | sftps "$n" &
+      ps+=($!)
     done
-    wait
+    wait "${ps[@]}"
     e=$(date +%s%N)
-    echo $(((e - s) / 1000000))
+    echo $(((e - s) / 1000000)) $((($(allcpu) - s0) / 1000000)) $((($(cpu client) - c0) / 1000000))
   }
-  median() { printf '%s\n' "$@" | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
-  t3=() t1=()
+  rm -f "$work"/three.*
   for ((i = 0; i < ${ROUNDS:-5}; i++)); do
-    t3+=("$(put3 $((port + 10)) $((port + 11)) $((port + 12)))")
-    t1+=("$(put3 $((port + 10)) $((port + 10)) $((port + 10)))")
+    if ((i % 2)); then put3 pg0 pg0 pg0 >>"$work/three.1"; put3 pg0 pg1 pg2 >>"$work/three.3"
+    else put3 pg0 pg1 pg2 >>"$work/three.3"; put3 pg0 pg0 pg0 >>"$work/three.1"; fi
   done
-  a=$(median "${t3[@]}") b=$(median "${t1[@]}")
-  printf '%-24s %10s %10s %8s\n' workload 3nodes_ms 1node_ms ratio
-  printf '%-24s %10d %10d %8.2f\n' put_3x256MiB "$a" "$b" "$(awk -v a="$a" -v b="$b" 'BEGIN{print b / a}')"
+  # The ratio of the medians (above 1: three nodes are faster), and how
+  # many of the 2 cores servers plus clients kept busy.
+  paste -d' ' "$work/three.3" "$work/three.1" | awk -v cores="$(nproc)" '
+    function med(a, c,   i, j, t, v) { for (i = 1; i <= c; i++) v[i] = a[i]
+      for (i = 1; i <= c; i++) for (j = i + 1; j <= c; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
+      return (c % 2) ? v[(c + 1) / 2] : (v[c / 2] + v[c / 2 + 1]) / 2 }
+    { n++; A[n] = $1; B[n] = $4; R[n] = $4 / $1; U3[n] = ($2 + $3) / $1; U1[n] = ($5 + $6) / $4
+      S3[n] = $2 / 768 * 1024 / 1000; S1[n] = $5 / 768 * 1024 / 1000 }
+    END { printf "%-14s %9s %9s %5s %11s %11s %9s %9s\n", "workload", "3nodes_ms", "1node_ms", "ratio", "cores_3nodes", "cores_1node", "srv_s/G_3", "srv_s/G_1"
+      printf "%-14s %9d %9d %5.2f %11.2f %11.2f %9.2f %9.2f\n", "put_3x256MiB", med(A, n), med(B, n), med(R, n), med(U3, n), med(U1, n), med(S3, n), med(S1, n)
+      printf "# of %d cores\n", cores }'
   rm -f "$src"
 fi
