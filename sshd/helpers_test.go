@@ -345,11 +345,18 @@ func (ts *testServer) sshArgs(a auth) ([]string, []string) {
 // command starts with "-").
 func (ts *testServer) sftpBatch(user string, a auth, batch string) (string, error) {
 	ts.t.Helper()
+	return ts.sftpTo(ts.port, user, a, batch)
+}
+
+// sftpTo is sftpBatch through port, which may be a proxy's, with ssh
+// options added.
+func (ts *testServer) sftpTo(port, user string, a auth, batch string, opts ...string) (string, error) {
+	ts.t.Helper()
 	needClient(ts.t, "sftp")
 	args, env := ts.sshArgs(a)
 	// BatchMode=no must come before -b, which adds BatchMode=yes and the
 	// first value of an option wins.
-	args = append(args, "-P", ts.port, "-b", "-", user+"@127.0.0.1")
+	args = append(append(args, opts...), "-P", port, "-b", "-", user+"@127.0.0.1")
 	cmd := exec.Command("sftp", args...)
 	cmd.Env = env
 	cmd.Stdin = strings.NewReader(batch)

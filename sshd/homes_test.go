@@ -172,13 +172,10 @@ func (u userLedger) Close() {
 	u.l.mu.Unlock()
 }
 
-// Closing a home (which settles its usage with the ledger, a database that
-// may not answer) holds up nobody else: while one home's close is held in
-// its ledger, another user logs in and transfers; and the same user, back
-// meanwhile, waits for the close to end before the home is opened again,
-// so that the old instance's last settle and the new one's count never
-// overlap.
-func TestHomeCloseDoesNotBlockOthers(t *testing.T) {
+// heldLedgerServer starts a server on a heldLedger whose first Close of
+// big's home is held until release, with the users big (key bob) and
+// alice.
+func heldLedgerServer(t *testing.T) (*testServer, *heldLedger, func()) {
 	needClient(t, "sftp")
 	l := newHeldLedger("big")
 	ts := startServerWith(t, t.TempDir(), sshd.DefaultLimits(), testPenalties(), func(c *sshd.Config) { c.Ledger = l.of })
@@ -187,6 +184,17 @@ func TestHomeCloseDoesNotBlockOthers(t *testing.T) {
 	t.Cleanup(release) // before the server's cleanup, which waits for every close
 	ts.addUser("big", "", "bob")
 	ts.addUser("alice", "", "alice")
+	return ts, l, release
+}
+
+// Closing a home (which settles its usage with the ledger, a database that
+// may not answer) holds up nobody else: while one home's close is held in
+// its ledger, another user logs in and transfers; and the same user, back
+// meanwhile, waits for the close to end before the home is opened again,
+// so that the old instance's last settle and the new one's count never
+// overlap.
+func TestHomeCloseDoesNotBlockOthers(t *testing.T) {
+	ts, l, release := heldLedgerServer(t)
 	bigHome, _ := filepath.EvalSymlinks(ts.home("big"))
 	sshd.SetHomeHooks(ts.srv, time.Millisecond, nil, nil)
 	waited := make(chan struct{}, 1)
@@ -251,14 +259,7 @@ func TestHomeCloseDoesNotBlockOthers(t *testing.T) {
 // change, and every change behind it, is applied while the ledger holds
 // the close.
 func TestRemovedUsersHomeClosesApart(t *testing.T) {
-	needClient(t, "sftp")
-	l := newHeldLedger("big")
-	ts := startServerWith(t, t.TempDir(), sshd.DefaultLimits(), testPenalties(), func(c *sshd.Config) { c.Ledger = l.of })
-	var letGo sync.Once
-	release := func() { letGo.Do(func() { close(l.release) }) }
-	t.Cleanup(release) // before the server's cleanup, which waits for every close
-	ts.addUser("big", "", "bob")
-	ts.addUser("alice", "", "alice")
+	ts, l, release := heldLedgerServer(t)
 	sshd.SetHomeHooks(ts.srv, time.Hour, nil, nil)
 	if out, err := ts.sftpBatch("big", auth{key: "bob"}, "put /etc/hostname h\n"); err != nil {
 		t.Fatalf("big: %v\n%s", err, out)

@@ -1,11 +1,9 @@
 package sshd_test
 
 import (
-	"bytes"
 	"io"
 	"net"
 	"net/netip"
-	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -39,16 +37,7 @@ func (ts *testServer) balancer(from string, client netip.AddrPort) *balancer {
 // host key as if it were reached directly.
 func (b *balancer) sftp(ts *testServer, user string, a auth, batch string) (string, error) {
 	ts.t.Helper()
-	needClient(ts.t, "sftp")
-	args, env := ts.sshArgs(a)
-	args = append(args, "-o", "HostKeyAlias=[127.0.0.1]:"+ts.port, "-P", b.port, "-b", "-", user+"@127.0.0.1")
-	cmd := exec.Command("sftp", args...)
-	cmd.Env = env
-	cmd.Stdin = strings.NewReader(batch)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	return stdout.String() + stderr.String(), err
+	return ts.sftpTo(b.port, user, a, batch, "-o", "HostKeyAlias=[127.0.0.1]:"+ts.port)
 }
 
 // login logs in through the balancer with x/crypto's client.
