@@ -2,6 +2,7 @@ package sshd_test
 
 import (
 	"encoding/binary"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -39,20 +40,7 @@ func TestMalformedInputEndsOnlyItsSession(t *testing.T) {
 			if _, err := c.w.Write(tc.send); err != nil {
 				t.Fatal(err)
 			}
-			c.w.Close()
-			ended := make(chan []byte, 1)
-			go func() {
-				b, _ := io.ReadAll(c.r)
-				ended <- b
-			}()
-			select { // a bound for a test that would hang, not a speed floor
-			case b := <-ended:
-				if len(b) > 0 {
-					t.Fatalf("got %q after %q; want the session to end without a reply", b, tc.send)
-				}
-			case <-time.After(time.Minute):
-				t.Fatalf("the session did not end after %q", tc.send)
-			}
+			endsWithoutReply(t, c, fmt.Sprintf("%q", tc.send))
 		})
 	}
 	t.Run("write to an open file cut short", func(t *testing.T) {
@@ -66,20 +54,7 @@ func TestMalformedInputEndsOnlyItsSession(t *testing.T) {
 		if _, err := c.w.Write(cut); err != nil {
 			t.Fatal(err)
 		}
-		c.w.Close()
-		ended := make(chan []byte, 1)
-		go func() {
-			b, _ := io.ReadAll(c.r)
-			ended <- b
-		}()
-		select { // a bound for a test that would hang, not a speed floor
-		case b := <-ended:
-			if len(b) > 0 {
-				t.Fatalf("got %q; want the session to end without a reply", b)
-			}
-		case <-time.After(time.Minute):
-			t.Fatal("the session did not end after a WRITE cut short")
-		}
+		endsWithoutReply(t, c, "a WRITE cut short")
 		if st, err := os.Stat(filepath.Join(ts.home("alice"), "w")); err == nil && st.Size() != 0 {
 			t.Fatalf("the WRITE cut short left %d bytes in /w", st.Size())
 		}
@@ -104,5 +79,25 @@ func TestInitAgain(t *testing.T) {
 	}
 	if r := c.call(fxpStat, str("/")); r.typ != fxpAttrs {
 		t.Fatalf("stat after a second INIT: %+v", r)
+	}
+}
+
+// endsWithoutReply ends c's input and checks that the server then ends the
+// session without a reply to what c sent (named by what).
+func endsWithoutReply(t *testing.T, c *rawSFTP, what string) {
+	t.Helper()
+	c.w.Close()
+	ended := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(c.r)
+		ended <- b
+	}()
+	select { // a bound for a test that would hang, not a speed floor
+	case b := <-ended:
+		if len(b) > 0 {
+			t.Fatalf("got %q after %s; want the session to end without a reply", b, what)
+		}
+	case <-time.After(time.Minute):
+		t.Fatalf("the session did not end after %s", what)
 	}
 }
