@@ -23,6 +23,7 @@ import (
 
 	"silo/cluster"
 	"silo/hostkeys"
+	"silo/internal/gcpace"
 	"silo/sshd"
 	"silo/users"
 )
@@ -53,6 +54,7 @@ func serve(args []string, stderr io.Writer) error {
 		handler = slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level})
 	}
 	log := slog.New(handler)
+	defer gcpace.Run(nil)()
 
 	var (
 		store *users.Store
