@@ -164,6 +164,22 @@ func clusterDial(t *testing.T, s *server, user, keyFile string) (*ssh.Client, er
 	return dialSilo(s.addr, user, ssh.InsecureIgnoreHostKey(), keyAuth(t, keyFile))
 }
 
+// clusterSFTP logs user in on s and opens SFTP, closed when the test ends;
+// what names the step in a failure.
+func clusterSFTP(t *testing.T, s *server, user, keyFile, what string) *sftp.Client {
+	t.Helper()
+	cl, err := clusterDial(t, s, user, keyFile)
+	if err != nil {
+		t.Fatalf("%s: login: %v", what, err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	sc, err := sftp.NewClient(cl)
+	if err != nil {
+		t.Fatalf("%s: sftp: %v", what, err)
+	}
+	return sc
+}
+
 // A user added with the CLI logs in on every node, pushed there by the
 // database's notification (a PostgreSQL store is never polled); deleted,
 // their sessions end on every node.
@@ -245,16 +261,7 @@ func TestClusterQuotaIsExact(t *testing.T) {
 	key := c.addUser(t, "alice", "--quota", "50MiB")
 	var clients []*sftp.Client
 	for i, s := range c.nodes {
-		cl, err := clusterDial(t, s, "alice", key)
-		if err != nil {
-			t.Fatalf("node %d: %v", i, err)
-		}
-		defer cl.Close()
-		sc, err := sftp.NewClient(cl)
-		if err != nil {
-			t.Fatal(err)
-		}
-		clients = append(clients, sc)
+		clients = append(clients, clusterSFTP(t, s, "alice", key, fmt.Sprintf("node %d", i)))
 	}
 	errs := make([]error, len(clients))
 	var wg sync.WaitGroup
@@ -384,15 +391,7 @@ func TestClusterDatabaseRestart(t *testing.T) {
 	t.Parallel()
 	c := startCluster(t, 2)
 	key := c.addUser(t, "alice")
-	cl, err := clusterDial(t, c.nodes[0], "alice", key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	sc, err := sftp.NewClient(cl)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sc := clusterSFTP(t, c.nodes[0], "alice", key, "node 0")
 	if err := writeFile(sc, "kept", []byte("before the outage")); err != nil {
 		t.Fatal(err)
 	}
@@ -418,18 +417,10 @@ func TestClusterDatabaseRestart(t *testing.T) {
 	c.pg.StartAgain()
 	for i, s := range c.nodes {
 		s.log.waitCount(t, "account database reachable again", 1)
-		cl, err := clusterDial(t, s, "alice", key)
-		if err != nil {
-			t.Fatalf("node %d: login after the database came back: %v", i, err)
-		}
-		sc, err := sftp.NewClient(cl)
-		if err != nil {
-			t.Fatal(err)
-		}
+		sc := clusterSFTP(t, s, "alice", key, fmt.Sprintf("node %d after the database came back", i))
 		if got, err := readFile(sc, "kept"); err != nil || string(got) != "before the outage" {
 			t.Fatalf("node %d: after the outage: %q, %v", i, got, err)
 		}
-		cl.Close()
 	}
 	if err := writeFile(sc, "after", []byte("after the outage")); err != nil {
 		t.Fatalf("writing after the outage: %v", err)
@@ -542,14 +533,7 @@ func TestClusterOneWriterPerFile(t *testing.T) {
 	key := c.addUser(t, "alice")
 	var sc [2]*sftp.Client
 	for i := range sc {
-		cl, err := clusterDial(t, c.nodes[i], "alice", key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer cl.Close()
-		if sc[i], err = sftp.NewClient(cl); err != nil {
-			t.Fatal(err)
-		}
+		sc[i] = clusterSFTP(t, c.nodes[i], "alice", key, fmt.Sprintf("node %d", i))
 	}
 	if err := writeFile(sc[0], "old", []byte("old content")); err != nil {
 		t.Fatal(err)
@@ -617,15 +601,7 @@ func TestClusterSIGTERMDrainsOneNode(t *testing.T) {
 	// decides when the node exits.
 	c := startClusterWith(t, 3, "shutdown_grace = \"10m\"\n"+exemptLoopback)
 	key := c.addUser(t, "alice", "--quota", "1GiB")
-	cl, err := clusterDial(t, c.nodes[0], "alice", key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	sc, err := sftp.NewClient(cl)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sc := clusterSFTP(t, c.nodes[0], "alice", key, "node 0")
 	data := make([]byte, 8<<20)
 	rand.Read(data)
 	f, err := sc.Create("draining")
