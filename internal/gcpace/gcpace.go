@@ -9,8 +9,8 @@
 // times per GiB received, and returns and faults in the same pages between
 // collections. Run keeps the heap goal at the live heap plus at least
 // Headroom, and the pacing the runtime gives a large heap (double it) where
-// that is more: idle sessions, which allocate nothing, cost no more memory,
-// and at most Headroom more is held while data flows.
+// that is more: a server holds at most Headroom more heap than the
+// runtime's default would let it.
 package gcpace
 
 import (
@@ -25,34 +25,38 @@ import (
 // before a collection, at the least.
 const Headroom = 16 << 20
 
-// minLive is the runtime's own minimum heap goal at GOGC=100. The runtime
+// minBase is the runtime's own minimum heap goal at GOGC=100. The runtime
 // scales that minimum with GOGC too, so the percentage is never computed
-// from a smaller heap: that would lift the goal above live + Headroom.
-const minLive = 4 << 20
+// from a smaller base: that would lift the goal above live + Headroom.
+const minBase = 4 << 20
 
-// Percent is the GOGC value that gives a heap of live bytes the goal
-// live + max(live, Headroom), bounded above by live + Headroom for
-// small heaps.
-func Percent(live uint64) int {
-	if live < minLive {
-		live = minLive
+// Percent is the GOGC value that gives the heap the goal live + Headroom,
+// or the runtime's default where that is more. base is what the runtime
+// multiplies GOGC by: the live heap plus the stacks and globals the last
+// collection scanned.
+func Percent(base uint64) int {
+	if base < minBase {
+		base = minBase
 	}
-	if live >= Headroom {
+	if base >= Headroom {
 		return 100
 	}
-	return int((Headroom*100 + live - 1) / live)
+	return int(Headroom * 100 / base)
 }
 
 // Run paces the collector until the returned function is called, after
-// each collection from the live heap that collection found. It does
+// each collection from the heap that collection found. It does
 // nothing if GOGC is set: the operator's choice stands. adjusted, if not
-// nil, is called with each new percentage (tests wait on it).
+// nil, is called with each new percentage, outside the pacer's lock
+// (tests wait on it).
 func Run(adjusted func(percent int)) (stop func()) {
 	if os.Getenv("GOGC") != "" {
 		return func() {}
 	}
 	p := &pacer{adjusted: adjusted, current: 100}
 	p.sample[0].Name = "/gc/heap/live:bytes"
+	p.sample[1].Name = "/gc/scan/stack:bytes"
+	p.sample[2].Name = "/gc/scan/globals:bytes"
 	p.adjust()
 	p.arm()
 	return func() {
@@ -70,7 +74,7 @@ type pacer struct {
 
 	mu      sync.Mutex
 	stopped bool
-	sample  [1]metrics.Sample
+	sample  [3]metrics.Sample
 	current int
 }
 
@@ -88,23 +92,25 @@ func (p *pacer) arm() {
 	}, p)
 }
 
-// adjust sets the percentage for the live heap now; false once stopped.
+// adjust sets the percentage for the heap now; false once stopped.
 func (p *pacer) adjust() bool {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.stopped {
-		return false
-	}
 	metrics.Read(p.sample[:])
-	if p.sample[0].Value.Kind() != metrics.KindUint64 {
-		return true
-	}
-	if want := Percent(p.sample[0].Value.Uint64()); want != p.current {
-		p.current = want
-		debug.SetGCPercent(want)
-		if p.adjusted != nil {
-			p.adjusted(want)
+	var base uint64
+	for _, v := range p.sample {
+		if v.Value.Kind() == metrics.KindUint64 {
+			base += v.Value.Uint64()
 		}
 	}
-	return true
+	want, stopped := Percent(base), p.stopped
+	changed := !stopped && want != p.current
+	if changed {
+		p.current = want
+		debug.SetGCPercent(want)
+	}
+	p.mu.Unlock()
+	if changed && p.adjusted != nil {
+		p.adjusted(want)
+	}
+	return !stopped
 }

@@ -14,7 +14,7 @@ func TestPercent(t *testing.T) {
 		want int
 	}{
 		{0, 400}, {1 << 20, 400}, {4 << 20, 400}, {5 << 20, 320}, {8 << 20, 200},
-		{16<<20 - 1, 101}, {16 << 20, 100}, {1 << 30, 100},
+		{16<<20 - 1, 100}, {16 << 20, 100}, {1 << 30, 100},
 	} {
 		if got := gcpace.Percent(c.live); got != c.want {
 			t.Errorf("Percent(%d) = %d, want %d", c.live, got, c.want)
@@ -66,6 +66,22 @@ func TestRunPacesByTheLiveHeap(t *testing.T) {
 		t.Errorf("small heap: live %d, goal %d (GOGC %d), want %d to %d", live, goal, v[2],
 			max(2*live, gcpace.Headroom), live+gcpace.Headroom)
 	}
+
+	// 8 MiB live: the goal is live + Headroom exactly, stacks and globals
+	// included in what the percentage is computed from.
+	mid := make([][]byte, 8)
+	for i := range mid {
+		mid[i] = make([]byte, 1<<20)
+	}
+	collectUntil(t, adjusted, func(p int) bool { return p < 400 && p > 100 })
+	runtime.GC()
+	v = read("/gc/heap/live:bytes", "/gc/heap/goal:bytes", "/gc/gogc:percent")
+	// The slack is for stacks that grew since the percentage was set.
+	if live, goal := v[0], v[1]; goal > live+gcpace.Headroom+4<<10 || goal+1<<20 < live+gcpace.Headroom {
+		t.Errorf("8 MiB live: live %d, goal %d (GOGC %d), want about %d and no more", live, goal, v[2], live+gcpace.Headroom)
+	}
+	runtime.KeepAlive(mid)
+	mid = nil
 
 	big := make([][]byte, 32) // 32 MiB live, past the headroom
 	for i := range big {
