@@ -65,17 +65,7 @@ const (
 
 func (ts *testServer) rawSFTP(user, key string) *rawSFTP {
 	ts.t.Helper()
-	c := ts.connect(user, key)
-	sess, err := c.NewSession()
-	if err != nil {
-		ts.t.Fatal(err)
-	}
-	w, _ := sess.StdinPipe()
-	r, _ := sess.StdoutPipe()
-	if err := sess.RequestSubsystem("sftp"); err != nil {
-		ts.t.Fatal(err)
-	}
-	s := &rawSFTP{t: ts.t, sess: sess, w: w, r: r, exts: map[string]string{}}
+	_, s := ts.rawChannel(user, key)
 	s.writePacket(fxpInit, u32(3))
 	typ, body := s.readPacket()
 	if typ != fxpVersion || len(body) < 4 || binary.BigEndian.Uint32(body) != 3 {
@@ -88,6 +78,23 @@ func (ts *testServer) rawSFTP(user, key string) *rawSFTP {
 		s.exts[name] = data
 	}
 	return s
+}
+
+// rawChannel opens an SFTP subsystem on a new connection of user's, before
+// INIT; the connection is returned so that a test can drop it.
+func (ts *testServer) rawChannel(user, key string) (*ssh.Client, *rawSFTP) {
+	ts.t.Helper()
+	c := ts.connect(user, key)
+	sess, err := c.NewSession()
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	w, _ := sess.StdinPipe()
+	r, _ := sess.StdoutPipe()
+	if err := sess.RequestSubsystem("sftp"); err != nil {
+		ts.t.Fatal(err)
+	}
+	return c, &rawSFTP{t: ts.t, sess: sess, w: w, r: r, exts: map[string]string{}}
 }
 
 func u32(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }

@@ -351,17 +351,7 @@ func TestSessionsEndingAroundTheRequestServerLeaveNothing(t *testing.T) {
 	waitNoRS(t)
 	before := runtime.NumGoroutine()
 	for i := range 60 {
-		conn := ts.connect("alice", "alice")
-		sess, err := conn.NewSession()
-		if err != nil {
-			t.Fatal(err)
-		}
-		w, _ := sess.StdinPipe()
-		r, _ := sess.StdoutPipe()
-		if err := sess.RequestSubsystem("sftp"); err != nil {
-			t.Fatal(err)
-		}
-		c := &rawSFTP{t: t, sess: sess, w: w, r: r}
+		conn, c := ts.rawChannel("alice", "alice")
 		if i%3 != 0 {
 			c.writePacket(fxpInit, u32(3))
 			c.readPacket()
